@@ -1,0 +1,167 @@
+"""`POST /v1/events`: one CloudEvent, or a batch as a JSON array."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from crm_shared.app.problems import Problem
+from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from contacts.handlers.ingest import Ingestor, Outcome
+from contacts.settings import ContactsSettings
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+
+def get_ingestor(request: Request) -> Ingestor:
+    ingestor: Ingestor = request.app.state.ingestor
+    return ingestor
+
+
+def get_settings(request: Request) -> ContactsSettings:
+    settings: ContactsSettings = request.app.state.runtime.settings
+    return settings
+
+
+IngestorDep = Annotated[Ingestor, Depends(get_ingestor)]
+SettingsDep = Annotated[ContactsSettings, Depends(get_settings)]
+
+
+class EventOutcome(BaseModel):
+    id: str | None
+    status: Literal["accepted", "duplicate", "rejected"]
+    reason: str | None = None
+    field: str | None = None
+
+
+class BatchOutcome(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[EventOutcome]
+
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/cloudevents+json": {"schema": CloudEvent.model_json_schema()},
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        CloudEvent.model_json_schema(),
+                        {"type": "array", "items": CloudEvent.model_json_schema()},
+                    ]
+                }
+            },
+            BATCH_CONTENT_TYPE: {
+                "schema": {"type": "array", "items": CloudEvent.model_json_schema()}
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/events",
+    openapi_extra=_BODY,
+    response_model=BatchOutcome | EventOutcome,
+    status_code=202,
+    responses={
+        200: {
+            "description": "a duplicate of an accepted event, or a batch's outcomes",
+            "model": BatchOutcome | EventOutcome,
+        },
+        202: {"description": "the single event was accepted", "model": EventOutcome},
+        400: {"description": "the body is not JSON"},
+        413: {"description": "too many events or too many bytes"},
+        415: {"description": "unsupported content type"},
+        422: {"description": "the single event was rejected; the reason names the field"},
+    },
+)
+async def post_events(
+    request: Request, ingestor: IngestorDep, settings: SettingsDep
+) -> JSONResponse:
+    """Ingest one CloudEvent (structured JSON) or a batch (JSON array).
+
+    A batch answers 200 with an outcome per event: accepted, duplicate (the id was accepted
+    before) or rejected (with the reason). A single event answers 202 when accepted, 200
+    when it is a duplicate and 422 when rejected.
+    """
+    body = await _read_body(request, settings.ingest_max_bytes)
+    batch = _is_batch(request, body)
+    items = body if isinstance(body, list) else [body]
+    if batch and not items:
+        raise Problem(422, "the batch is empty")
+    if len(items) > settings.ingest_max_events:
+        raise Problem(
+            413,
+            f"a batch holds at most {settings.ingest_max_events} events; this one has {len(items)}",
+        )
+    outcomes = await ingestor.ingest(items)
+    request.app.state.runtime.wake_relay()
+    if batch:
+        return JSONResponse(_batch(outcomes).model_dump(), status_code=200)
+    return _single(outcomes[0])
+
+
+async def _read_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"the body exceeds {limit} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise Problem(413, f"the body exceeds {limit} bytes")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+
+
+def _is_batch(request: Request, body: Any) -> bool:
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media not in {"application/json", "application/cloudevents+json", BATCH_CONTENT_TYPE}:
+        raise Problem(
+            415,
+            f"unsupported content type {media!r}; use application/cloudevents+json "
+            f"or {BATCH_CONTENT_TYPE}",
+        )
+    if media == BATCH_CONTENT_TYPE and not isinstance(body, list):
+        raise Problem(422, f"{BATCH_CONTENT_TYPE} must be a JSON array of events")
+    if media == "application/cloudevents+json" and not isinstance(body, dict):
+        raise Problem(422, "application/cloudevents+json must be one JSON object")
+    if not isinstance(body, (list, dict)):
+        raise Problem(422, "the body must be an event object or an array of events")
+    return isinstance(body, list)
+
+
+def _batch(outcomes: list[Outcome]) -> BatchOutcome:
+    return BatchOutcome(
+        accepted=sum(o.status == "accepted" for o in outcomes),
+        duplicates=sum(o.status == "duplicate" for o in outcomes),
+        rejected=sum(o.status == "rejected" for o in outcomes),
+        results=[
+            EventOutcome(id=o.id, status=o.status, reason=o.reason, field=o.field) for o in outcomes
+        ],
+    )
+
+
+def _single(outcome: Outcome) -> JSONResponse:
+    if outcome.status == "rejected":
+        raise Problem(
+            422,
+            outcome.reason or "invalid event",
+            title="Event rejected",
+            field=outcome.field,
+            event_id=outcome.id,
+        )
+    view = EventOutcome(id=outcome.id, status=outcome.status)
+    return JSONResponse(
+        view.model_dump(exclude_none=True), status_code=202 if outcome.status == "accepted" else 200
+    )

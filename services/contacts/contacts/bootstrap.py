@@ -1,0 +1,45 @@
+"""Composition root: binds contacts' handlers to their infrastructure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from crm_shared.app.factory import create_service_app
+from crm_shared.app.runtime import Runtime
+from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND
+from fastapi import FastAPI
+
+from contacts.api.events import router as events_router
+from contacts.api.timeline import router as timeline_router
+from contacts.handlers.ingest import Ingestor
+from contacts.settings import ContactsSettings
+from contacts.store.tables import core
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: ContactsSettings | None = None) -> FastAPI:
+    settings = settings or ContactsSettings()
+    runtime = Runtime(settings, tables=core, migrations=MIGRATIONS, topics=[CUSTOMER_EVENTS])
+    ingestor = Ingestor(
+        runtime.db,
+        runtime.events,
+        runtime.outbox,
+        runtime.registry,
+        utcnow,
+        max_event_bytes=settings.ingest_max_event_bytes,
+    )
+    runtime.subscribe("inbound", [INBOUND], ingestor.on_inbound)
+    return create_service_app(
+        runtime,
+        title="CRM contacts",
+        description="Customer records and the customer timeline; ingests events from other "
+        "systems over HTTP and Kafka and publishes canonical customer events.",
+        routers=[events_router, timeline_router],
+        state={"ingestor": ingestor},
+    )

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+from crm_shared.app.settings import ServiceSettings
+from pydantic import Field
+
+
+class ContactsSettings(ServiceSettings):
+    """Contacts settings: the common CRM_* variables plus ingestion limits."""
+
+    service_name: ClassVar[str] = "contacts"
+    default_port: ClassVar[int] = 8001
+
+    ingest_max_events: int = Field(default=1000, ge=1, le=10_000)
+    ingest_max_bytes: int = Field(default=1_048_576, ge=1024)
+    ingest_max_event_bytes: int = Field(default=262_144, ge=1024)

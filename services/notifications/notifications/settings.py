@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+from crm_shared.app.settings import ServiceSettings
+
+
+class NotificationsSettings(ServiceSettings):
+    """Notifications settings: the common CRM_* variables (see the README)."""
+
+    service_name: ClassVar[str] = "notifications"
+    default_port: ClassVar[int] = 8004

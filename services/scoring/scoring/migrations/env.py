@@ -1,0 +1,4 @@
+from crm_shared.store.migrations import run_env
+from scoring.store.tables import metadata
+
+run_env(metadata)

@@ -1,0 +1,53 @@
+"""The command line every service has: `serve` and `migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from crm_shared.app.logging import configure_logging
+from crm_shared.app.settings import ServiceSettings
+from crm_shared.store.db import ensure_sqlite_directory
+from crm_shared.store.migrations import upgrade_async
+
+
+def service_cli(
+    argv: Sequence[str] | None,
+    *,
+    settings_type: type[ServiceSettings],
+    create_app: Callable[[ServiceSettings], FastAPI],
+    migrations: Path,
+) -> int:
+    name = settings_type.service_name
+    parser = argparse.ArgumentParser(
+        prog=f"crm-{name}",
+        description=f"The CRM {name} service. Configured by CRM_* environment variables "
+        "(see the README): CRM_HTTP_HOST, CRM_HTTP_PORT, CRM_DATABASE_URL, "
+        "CRM_KAFKA_BOOTSTRAP, ...",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API, consumers and outbox relay")
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.add_argument("--revision", default="head")
+    args = parser.parse_args(argv)
+    settings = settings_type()
+    configure_logging(name, level=settings.log_level, json_logs=settings.log_json)
+    if args.command == "migrate":
+        ensure_sqlite_directory(settings.database_url)
+        asyncio.run(upgrade_async(migrations, settings.database_url, args.revision))
+        return 0
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    return 0

@@ -1,0 +1,224 @@
+"""The infrastructure one service runs on: database, Kafka clients, outbox relay, consumers.
+
+Start-up order matters: migrate the database, create the topics (before any client asks for
+their metadata), then start the producer, the relay and the consumers. The Kafka part starts
+in the background and retries while the broker is away, so the HTTP API serves meanwhile and
+`/readyz` says what is missing. Shutdown asks each consumer to finish the batch in hand and
+commit, gives the relay a last round, then closes the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from crm_shared.app.metrics import Metrics
+from crm_shared.app.settings import ServiceSettings
+from crm_shared.events.catalog import CATALOG
+from crm_shared.events.registry import EventRegistry
+from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters, Handler
+from crm_shared.messaging.kafka import make_consumer, make_producer
+from crm_shared.messaging.relay import OutboxRelay
+from crm_shared.messaging.topics import ensure_topics, with_dlq
+from crm_shared.store.db import Database, ensure_sqlite_directory
+from crm_shared.store.eventstore import EventStore
+from crm_shared.store.inbox import Inbox
+from crm_shared.store.migrations import upgrade_async
+from crm_shared.store.outbox import Outbox
+from crm_shared.store.tables import CoreTables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    topics: list[str]
+    handler: Handler
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        tables: CoreTables,
+        migrations: Path,
+        topics: list[str],
+        registry: EventRegistry = CATALOG,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.tables = tables
+        self.registry = registry
+        self.metrics = Metrics(self.name)
+        self.db = Database(settings.database_url)
+        self.events = EventStore(tables)
+        self.outbox = Outbox(tables)
+        self._migrations = migrations
+        self._topics = with_dlq(topics)
+        self._subscriptions: list[Subscription] = []
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[BatchConsumer] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._kafka_ready = asyncio.Event()
+        self._stopping = False
+
+    def subscribe(self, name: str, topics: list[str], handler: Handler) -> None:
+        """Consume `topics` in batches with `handler`, under inbox name `name`."""
+        self._subscriptions.append(Subscription(name, topics, handler))
+        self._topics += [t for t in with_dlq(topics) if t not in self._topics]
+
+    def wake_relay(self) -> None:
+        """Call after committing outbox rows, so they go out without waiting for a poll."""
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await self.migrate()
+        self._spawn("kafka-start", self._start_kafka)
+
+    async def migrate(self) -> None:
+        ensure_sqlite_directory(self.db.url)
+        await upgrade_async(self._migrations, self.db.url)
+
+    async def _start_kafka(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await self._connect()
+                break
+            except Exception as exc:
+                log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+        if self._stopping or self.producer is None:
+            return
+        relay = OutboxRelay(
+            self.db,
+            self.outbox,
+            self.producer,
+            self.metrics,
+            batch_size=self.settings.relay_batch_size,
+            poll_interval=self.settings.relay_poll_interval_ms / 1000,
+        )
+        self.relay = relay
+        self._spawn("relay", relay.run)
+        self._spawn("gauges", self._refresh_gauges)
+        for subscription in self._subscriptions:
+            consumer = self._consumer(subscription, self.producer)
+            self.consumers.append(consumer)
+            self._spawn(f"consumer:{subscription.name}", consumer.run)
+        self._kafka_ready.set()
+
+    async def _connect(self) -> None:
+        s = self.settings
+        if s.create_topics:
+            await ensure_topics(s.kafka_bootstrap, self._topics, partitions=s.topic_partitions)
+        producer = make_producer(s.kafka_bootstrap, client_id=f"crm-{self.name}")
+        try:
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        self.producer = producer
+
+    def _consumer(self, subscription: Subscription, producer: AIOKafkaProducer) -> BatchConsumer:
+        s = self.settings
+        processor = BatchProcessor(
+            name=subscription.name,
+            db=self.db,
+            inbox=Inbox(self.tables, subscription.name),
+            registry=self.registry,
+            handler=subscription.handler,
+            dead_letters=DeadLetters(producer, self.metrics),
+            metrics=self.metrics,
+            on_committed=self.wake_relay,
+        )
+
+        def factory() -> Any:
+            return make_consumer(
+                subscription.topics,
+                bootstrap=s.kafka_bootstrap,
+                group_id=f"{s.consumer_group}.{subscription.name}",
+                client_id=f"crm-{self.name}-{subscription.name}",
+                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                max_records=s.consumer_max_records,
+            )
+
+        return BatchConsumer(processor, factory, self.metrics, max_records=s.consumer_max_records)
+
+    async def _refresh_gauges(self) -> None:
+        while not self._stopping:
+            if self.relay is not None:
+                with contextlib.suppress(Exception):
+                    await self.relay.refresh_gauges()
+            await asyncio.sleep(5)
+
+    def _spawn(self, name: str, target: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._tasks[name] = asyncio.create_task(self._supervise(name, target), name=name)
+
+    async def _supervise(self, name: str, target: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a background loop; if it crashes, log it and start it again."""
+        while not self._stopping:
+            try:
+                await target()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task crashed; restarting", extra={"task": name})
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for consumer in self.consumers:
+            consumer.stop()
+        await self._join([n for n in self._tasks if n.startswith("consumer:")])
+        if self.relay is not None:
+            self.relay.stop()
+        await self._join(list(self._tasks))
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.stop(), timeout=5)
+        await self.db.dispose()
+
+    async def _join(self, names: list[str]) -> None:
+        tasks = [self._tasks[n] for n in names if not self._tasks[n].done()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def readiness(self) -> dict[str, str]:
+        """What the service depends on, and whether each one answers."""
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            await asyncio.wait_for(self.db.ping(), timeout=2)
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["broker"] = await self._broker_check()
+        for name, task in self._tasks.items():
+            if name.startswith(("consumer:", "relay")) and task.done():
+                checks[name] = "stopped"
+        return checks
+
+    async def _broker_check(self) -> str:
+        if not self._kafka_ready.is_set() or self.producer is None:
+            return "connecting"
+        try:
+            ok = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=2)
+        except Exception as exc:
+            return f"unreachable: {type(exc).__name__}"
+        return "ok" if ok is not None and ok.brokers() else "unreachable: no brokers"

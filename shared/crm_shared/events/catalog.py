@@ -1,0 +1,120 @@
+"""The catalogue of event types that cross service boundaries.
+
+Customer events arrive from other systems (shops, apps, help desks, surveys); the
+lifecycle, scoring and notification events are published by this system's services.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from crm_shared.events.registry import EventData, EventRegistry
+
+CATALOG = EventRegistry()
+
+Money = Decimal
+Currency = str
+Stage = Literal["prospect", "new", "active", "dormant", "churned"]
+
+
+@CATALOG.register("crm.purchase.completed.v1")
+class PurchaseCompleted(EventData):
+    """A customer completed a purchase (an order was paid)."""
+
+    order_id: str = Field(min_length=1, max_length=200)
+    amount: Money = Field(ge=0, max_digits=18, decimal_places=4)
+    currency: Currency = Field(pattern=r"^[A-Z]{3}$")
+    items: int | None = Field(default=None, ge=0)
+    channel: str | None = Field(default=None, max_length=100)
+
+
+@CATALOG.register("crm.purchase.refunded.v1")
+class PurchaseRefunded(EventData):
+    """Money went back to the customer for (part of) an order."""
+
+    order_id: str = Field(min_length=1, max_length=200)
+    amount: Money = Field(ge=0, max_digits=18, decimal_places=4)
+    currency: Currency = Field(pattern=r"^[A-Z]{3}$")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+@CATALOG.register("crm.subscription.cancelled.v1")
+class SubscriptionCancelled(EventData):
+    """The customer cancelled a subscription."""
+
+    subscription_id: str = Field(min_length=1, max_length=200)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+@CATALOG.register("crm.session.started.v1")
+class SessionStarted(EventData):
+    """The customer logged in or opened the app: an engagement signal."""
+
+    channel: str | None = Field(default=None, max_length=100)
+
+
+@CATALOG.register("crm.support.ticket_opened.v1")
+class TicketOpened(EventData):
+    """The customer opened a support ticket."""
+
+    ticket_id: str = Field(min_length=1, max_length=200)
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    topic: str | None = Field(default=None, max_length=200)
+
+
+@CATALOG.register("crm.support.ticket_resolved.v1")
+class TicketResolved(EventData):
+    """A support ticket of the customer was resolved."""
+
+    ticket_id: str = Field(min_length=1, max_length=200)
+
+
+@CATALOG.register("crm.feedback.submitted.v1")
+class FeedbackSubmitted(EventData):
+    """Survey feedback: NPS on 0-10, CSAT on 1-5."""
+
+    kind: Literal["nps", "csat"]
+    score: int
+    comment: str | None = Field(default=None, max_length=5000)
+
+    @model_validator(mode="after")
+    def _score_in_range(self) -> FeedbackSubmitted:
+        low, high = (0, 10) if self.kind == "nps" else (1, 5)
+        if not low <= self.score <= high:
+            raise ValueError(f"score must be between {low} and {high} for {self.kind}")
+        return self
+
+
+@CATALOG.register("crm.outreach.responded.v1")
+class OutreachResponded(EventData):
+    """The customer opened, clicked or answered an outreach message."""
+
+    delivery_id: str = Field(min_length=1, max_length=200)
+    action: Literal["opened", "clicked", "replied"]
+
+
+@CATALOG.register("crm.customer.registered.v1")
+class CustomerRegistered(EventData):
+    """A person became known: signed up, left details, or was imported."""
+
+    email: str | None = Field(default=None, max_length=320)
+    name: str | None = Field(default=None, max_length=300)
+    birthday: date | None = None
+
+
+@CATALOG.register("crm.lifecycle.stage_changed.v1")
+class StageChanged(EventData):
+    """The customer moved from one lifecycle stage to another."""
+
+    customer_id: str
+    from_stage: Stage | None
+    to_stage: Stage
+    reason: str
+    caused_by: str | None = None
+    occurred_at: datetime
+    policy_version: str
+    correction: bool = False

@@ -1,0 +1,129 @@
+"""CloudEvents 1.0 envelope in JSON structured mode.
+
+The envelope is validated at the edge: every rejection names the attribute at fault, so a
+sender learns what to fix. `data` is left raw here and validated against the event type's
+model by the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be accepted; `reason` says why and names the field."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 envelope. `subject` names the customer the event is about."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    specversion: str = SPECVERSION
+    id: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=500)
+    type: str = Field(min_length=1, max_length=200)
+    subject: str | None = Field(default=None, min_length=1, max_length=500)
+    time: datetime | None = None
+    datacontenttype: str | None = "application/json"
+    dataschema: str | None = None
+    data: Any = None
+
+    @field_validator("specversion")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        if value != SPECVERSION:
+            raise ValueError(f"specversion must be {SPECVERSION!r}")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _aware_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("time must carry a time zone offset (RFC 3339)")
+        return value.astimezone(UTC) if value is not None else None
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """Extension attributes (anything beyond the spec's own)."""
+        return dict(self.model_extra or {})
+
+    def event_time(self) -> datetime:
+        """When it happened in the world; events without `time` never reach a fold."""
+        if self.time is None:
+            raise InvalidEvent("time is required", field="time")
+        return self.time
+
+    def to_json(self) -> bytes:
+        """Structured-mode JSON, without unset optional attributes."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def new_event(
+    *,
+    type: str,
+    source: str,
+    subject: str,
+    data: Any,
+    time: datetime,
+    id: str | None = None,
+    **extensions: Any,
+) -> CloudEvent:
+    """Build an envelope for an event this system emits."""
+    return CloudEvent(
+        id=id or str(uuid.uuid4()),
+        source=source,
+        type=type,
+        subject=subject,
+        time=time,
+        data=data,
+        **extensions,
+    )
+
+
+def parse_envelope(raw: Any) -> CloudEvent:
+    """Validate a decoded JSON object as a CloudEvent; raise InvalidEvent naming the field."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("an event must be a JSON object")
+    try:
+        return CloudEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def decode_envelope(payload: bytes | str) -> CloudEvent:
+    """Decode structured-mode JSON bytes into a CloudEvent."""
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    return parse_envelope(raw)
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:
+    error = exc.errors()[0]
+    field = prefix + ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return InvalidEvent(f"{field}: {message}" if field else message, field=field or None)
+
+
+def validation_reason(exc: ValidationError, prefix: str = "") -> InvalidEvent:
+    """The first validation error as an InvalidEvent whose reason names the field."""
+    return _first_error(exc, prefix)

@@ -1,0 +1,319 @@
+"""The batch consumer: fetch a batch, apply it in one transaction, then commit offsets.
+
+For each batch: decode and validate every message (what fails goes to `<topic>.dlq` with the
+reason in its headers), skip the events the inbox has seen, hand the rest to the handler,
+record them in the inbox, commit the database transaction, and only then commit the Kafka
+offsets. A crash anywhere replays the batch, and the inbox makes the replay harmless.
+
+A handler error that is not transient (the database is away) is narrowed down by applying
+the batch one event at a time: the events that still fail are dead-lettered with the error,
+the others are applied, and the consumer carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.app.metrics import Metrics
+from crm_shared.events.envelope import InvalidEvent, decode_envelope
+from crm_shared.events.registry import Event, EventData, EventRegistry
+from crm_shared.messaging.kafka import decode_headers, encode_headers
+from crm_shared.messaging.topics import dlq_topic
+from crm_shared.store.db import Database
+from crm_shared.store.inbox import Inbox
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncConnection, list[Event[EventData]]], Awaitable[None]]
+MAX_DLQ_VALUE = 900_000
+TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A consumed message that decoded and validated, with where it came from."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: Event[EventData]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, TRANSIENT)
+
+
+class BatchProcessor:
+    """Applies batches of records to the database; knows nothing of the fetch loop."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        db: Database,
+        inbox: Inbox,
+        registry: EventRegistry,
+        handler: Handler,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self._db, self._inbox, self._registry = db, inbox, registry
+        self._handler, self._dead, self._metrics = handler, dead_letters, metrics
+        self._on_committed = on_committed
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply a batch; return once it is durably applied or dead-lettered."""
+        received, rejected = self._decode(records)
+        await self._dead.send(rejected, consumer=self.name)
+        if not received:
+            return
+        started = time.perf_counter()
+        try:
+            await self._apply(received)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning(
+                "batch failed; applying its events one by one",
+                extra={"consumer": self.name, "error": repr(exc)},
+            )
+            await self._apply_one_by_one(received)
+        self._metrics.consumer_batch_seconds.labels(self.name).observe(
+            time.perf_counter() - started
+        )
+        self._on_committed()
+
+    def _decode(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[Received], list[Rejected]]:
+        received, rejected = [], []
+        for record in records:
+            try:
+                if record.value is None:
+                    raise InvalidEvent("empty message (no value)")
+                event = self._registry.validate(decode_envelope(record.value))
+                received.append(Received(record, event))
+            except InvalidEvent as exc:
+                rejected.append(Rejected(record, exc.reason))
+        return received, rejected
+
+    async def _apply(self, received: list[Received]) -> None:
+        async with self._db.transaction() as conn:
+            fresh_ids = set(await self._inbox.unseen(conn, [r.event.id for r in received]))
+            fresh = _first_of_each(received, fresh_ids)
+            if fresh:
+                await self._handler(conn, [r.event for r in fresh])
+                await self._inbox.record(conn, [r.event.id for r in fresh], _now())
+        self._count(fresh, duplicates=len(received) - len(fresh))
+
+    async def _apply_one_by_one(self, received: list[Received]) -> None:
+        for item in received:
+            try:
+                await self._apply([item])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                reason = f"handler failed: {type(exc).__name__}: {exc}"[:1000]
+                await self._dead.send([Rejected(item.record, reason)], consumer=self.name)
+
+    def _count(self, fresh: list[Received], *, duplicates: int) -> None:
+        for item in fresh:
+            self._metrics.events_consumed.labels(self.name, item.record.topic).inc()
+        if duplicates:
+            self._metrics.events_duplicate.labels(self.name).inc(duplicates)
+
+
+def _first_of_each(received: list[Received], fresh_ids: set[str]) -> list[Received]:
+    """Keep unseen events, once each even if the batch carries one twice."""
+    out = []
+    for item in received:
+        if item.event.id in fresh_ids:
+            fresh_ids.discard(item.event.id)
+            out.append(item)
+    return out
+
+
+class DeadLetters:
+    """Sends rejected messages to `<topic>.dlq`, keeping key, value and headers, plus why."""
+
+    def __init__(self, producer: AIOKafkaProducer, metrics: Metrics) -> None:
+        self._producer, self._metrics = producer, metrics
+
+    async def send(self, rejected: Sequence[Rejected], *, consumer: str) -> None:
+        futures = []
+        for item in rejected:
+            record = item.record
+            log.warning(
+                "dead-lettering a message",
+                extra={
+                    "consumer": consumer,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "reason": item.reason,
+                },
+            )
+            value, headers = _dlq_value(record.value), decode_headers(record.headers)
+            headers.update(
+                {
+                    "crm-dlq-reason": item.reason,
+                    "crm-dlq-topic": record.topic,
+                    "crm-dlq-partition": str(record.partition),
+                    "crm-dlq-offset": str(record.offset),
+                    "crm-dlq-consumer": consumer,
+                    "crm-dlq-truncated": "true" if value is not record.value else "false",
+                }
+            )
+            futures.append(
+                await self._producer.send(
+                    dlq_topic(record.topic), value, key=record.key, headers=encode_headers(headers)
+                )
+            )
+            self._metrics.events_dead_lettered.labels(consumer, record.topic).inc()
+        # Offsets move past a rejected message only once its dead letter is written.
+        await asyncio.gather(*futures)
+
+
+def _dlq_value(value: bytes | None) -> bytes | None:
+    if value is None or len(value) <= MAX_DLQ_VALUE:
+        return value
+    return value[:MAX_DLQ_VALUE]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchConsumer:
+    """The fetch loop around a BatchProcessor: getmany, process, commit offsets, repeat."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        consumer_factory: Callable[[], AIOKafkaConsumer],
+        metrics: Metrics,
+        *,
+        max_records: int = 500,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._processor = processor
+        self._factory = consumer_factory
+        self._metrics = metrics
+        self._max_records = max_records
+        self._max_backoff = max_backoff
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.batches = 0
+
+    @property
+    def name(self) -> str:
+        return self._processor.name
+
+    def stop(self) -> None:
+        """Ask the loop to end after the batch in hand is applied and committed."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            consumer = self._factory()
+            try:
+                await consumer.start()
+                self._consumer = consumer
+                await self._loop(consumer)
+            except KafkaError as exc:
+                # A broker that lost its topics or our group: start over with a new client;
+                # the inbox absorbs what is delivered again.
+                log.warning(
+                    "consumer error; recreating the consumer",
+                    extra={"consumer": self.name, "error": repr(exc)},
+                )
+                await self._wait(1.0)
+            finally:
+                self._consumer = None
+                await _stop_quietly(consumer)
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+            records = [record for batch in batches.values() for record in batch]
+            if not records:
+                continue
+            if not await self._process_with_retry(records):
+                return
+            await self._commit(consumer, batches)
+            self.batches += 1
+            self._record_lag(consumer, batches)
+
+    async def _process_with_retry(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Apply the batch, retrying transient failures; False if stopped before it applied."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._processor.process(records)
+                return True
+            except Exception as exc:
+                if not is_transient(exc) and not isinstance(exc, KafkaError):
+                    raise
+                log.warning(
+                    "batch not applied; retrying",
+                    extra={"consumer": self.name, "error": repr(exc), "retry_in_s": backoff},
+                )
+                if await self._wait(backoff):
+                    return False
+                backoff = min(self._max_backoff, backoff * 2)
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved to another member; it will replay, and its inbox skips.
+            log.warning("offset commit failed", extra={"consumer": self.name, "error": repr(exc)})
+
+    def _record_lag(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        for tp, batch in batches.items():
+            high = consumer.highwater(tp)
+            if high is not None and batch:
+                lag = max(0, high - batch[-1].offset - 1)
+                self._metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if a stop was asked for."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout=5)
+    except Exception as exc:  # a broker that went away must not hang shutdown
+        log.warning("consumer did not stop cleanly", extra={"error": repr(exc)})

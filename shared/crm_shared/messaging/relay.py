@@ -1,0 +1,153 @@
+"""The outbox relay: publishes pending outbox rows to Kafka in id order, then marks them.
+
+Order per key holds because rows are read in id order and a Kafka producer keeps the order
+of sends to one partition. While the broker is away the relay backs off and retries; the
+rows stay pending, so nothing is lost by stopping it. A publish that timed out may still
+have been written: consumers' inboxes absorb such duplicates.
+
+On PostgreSQL several replicas may run a relay against one database: each round holds a
+transaction-scoped advisory lock, so only one publishes at a time and per-key order holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.app.metrics import Metrics
+from crm_shared.messaging.kafka import HEADER_CONTENT_TYPE, HEADER_SEQ, encode_headers
+from crm_shared.store.db import Database
+from crm_shared.store.outbox import Outbox, PendingMessage
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.1,
+        max_backoff: float = 5.0,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._db, self._outbox, self._producer, self._metrics = db, outbox, producer, metrics
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lock_key = zlib.crc32(b"crm-outbox-relay") & 0x7FFFFFFF
+
+    def wake(self) -> None:
+        """Something was written to the outbox: publish now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish until stopped; back off while publishing fails."""
+        backoff = 0.0
+        while not self._stopping:
+            try:
+                published = await self.publish_pending()
+                backoff = 0.0
+            except Exception as exc:  # the broker or the database is away: retry later
+                self._metrics.relay_failures.inc()
+                backoff = min(self._max_backoff, max(0.1, backoff * 2))
+                log.warning(
+                    "outbox publish failed; retrying",
+                    extra={"error": repr(exc), "retry_in_s": backoff},
+                )
+                await self._sleep(backoff)
+                continue
+            if published < self._batch_size:
+                await self._sleep(self._poll_interval)
+
+    async def publish_pending(self) -> int:
+        """One round: publish up to a batch of pending rows; return how many were published."""
+        if self._db.dialect == "postgresql":
+            async with self._db.transaction() as conn:
+                if not await _try_lock(conn, self._lock_key):
+                    return 0
+                pending = await self._outbox.pending(conn, limit=self._batch_size)
+                return await self._publish(pending, conn)
+        async with self._db.read() as conn:
+            pending = await self._outbox.pending(conn, limit=self._batch_size)
+        return await self._publish(pending, None)
+
+    async def refresh_gauges(self) -> None:
+        async with self._db.read() as conn:
+            self._metrics.outbox_backlog.set(await self._outbox.backlog(conn))
+
+    async def _publish(self, pending: list[PendingMessage], conn: AsyncConnection | None) -> int:
+        if not pending:
+            return 0
+        sent = await self._send_all(pending)
+        ok = [m.id for m, error in zip(pending, sent, strict=True) if error is None]
+        if conn is not None:
+            await self._outbox.mark_published(conn, ok, self._clock())
+        else:
+            async with self._db.transaction() as write:
+                await self._outbox.mark_published(write, ok, self._clock())
+        self._count(pending, sent)
+        failures = [error for error in sent if error is not None]
+        if failures:
+            raise failures[0]
+        return len(ok)
+
+    async def _send_all(self, pending: list[PendingMessage]) -> list[BaseException | None]:
+        futures = []
+        for message in pending:
+            headers = {
+                **message.headers,
+                HEADER_SEQ: str(message.id),
+                HEADER_CONTENT_TYPE: "application/cloudevents+json",
+            }
+            futures.append(
+                await self._producer.send(
+                    message.topic,
+                    message.payload,
+                    key=message.key.encode(),
+                    headers=encode_headers(headers),
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    def _count(self, pending: list[PendingMessage], sent: list[BaseException | None]) -> None:
+        for message, error in zip(pending, sent, strict=True):
+            if error is None:
+                self._metrics.events_published.labels(message.topic).inc()
+                self._metrics.outbox_position.set(message.id)
+
+    async def _sleep(self, seconds: float) -> None:
+        # A wake-up that arrived during the last round ends this sleep at once.
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+
+async def _try_lock(conn: AsyncConnection, key: int) -> bool:
+    return bool((await conn.execute(select(func.pg_try_advisory_xact_lock(key)))).scalar_one())

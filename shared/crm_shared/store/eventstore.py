@@ -1,0 +1,167 @@
+"""Append-only event store: streams with optimistic concurrency, and a global order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.tables import CoreTables
+
+ANY_VERSION = None
+NO_STREAM = 0
+
+
+class ConcurrencyError(Exception):
+    """The stream moved on since the caller read it: re-read and decide again."""
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int | None) -> None:
+        detail = f"actual {actual}" if actual is not None else "a concurrent writer won"
+        super().__init__(f"stream {stream_id!r}: expected version {expected}, {detail}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored: where it stands in its stream and in the global order."""
+
+    position: int
+    stream_id: str
+    version: int
+    envelope: CloudEvent
+    recorded_at: datetime
+
+
+class EventStore:
+    """Reads and appends events in one service's `events` table."""
+
+    def __init__(self, tables: CoreTables) -> None:
+        self._t = tables.events
+
+    async def version(self, conn: AsyncConnection, stream_id: str) -> int:
+        """The stream's current version (0 for a stream that does not exist)."""
+        query = select(func.coalesce(func.max(self._t.c.version), 0)).where(
+            self._t.c.stream_id == stream_id
+        )
+        return int((await conn.execute(query)).scalar_one())
+
+    async def append(
+        self,
+        conn: AsyncConnection,
+        stream_id: str,
+        events: Sequence[CloudEvent],
+        *,
+        expected_version: int | None,
+        now: datetime,
+    ) -> int:
+        """Append after `expected_version` (None: wherever the stream ends); return its version."""
+        current = await self.version(conn, stream_id)
+        if expected_version is not None and current != expected_version:
+            raise ConcurrencyError(stream_id, expected_version, current)
+        if not events:
+            return current
+        rows = [self._row(stream_id, current + i, e, now) for i, e in enumerate(events, 1)]
+        await self._insert(conn, rows, stream_id=stream_id, expected=expected_version)
+        return current + len(events)
+
+    async def append_many(
+        self, conn: AsyncConnection, batch: Sequence[tuple[str, CloudEvent]], *, now: datetime
+    ) -> list[int]:
+        """Append to many streams at their current ends in two statements; return versions."""
+        if not batch:
+            return []
+        ids = [stream_id for stream_id, _ in batch]
+        query = (
+            select(self._t.c.stream_id, func.max(self._t.c.version))
+            .where(self._t.c.stream_id.in_(set(ids)))
+            .group_by(self._t.c.stream_id)
+        )
+        ends: dict[str, int] = {row[0]: row[1] for row in await conn.execute(query)}
+        rows, versions = [], []
+        for stream_id, event in batch:
+            ends[stream_id] = ends.get(stream_id, 0) + 1
+            versions.append(ends[stream_id])
+            rows.append(self._row(stream_id, ends[stream_id], event, now))
+        await self._insert(conn, rows, stream_id=None, expected=None)
+        return versions
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        rows: list[dict[str, object]],
+        *,
+        stream_id: str | None,
+        expected: int | None,
+    ) -> None:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(self._t), rows)
+        except IntegrityError as exc:
+            if "event_id" in str(exc.orig).lower():
+                raise DuplicateEventError(str(exc.orig)) from None
+            raise ConcurrencyError(stream_id or "(batch)", expected, None) from None
+
+    async def read_stream(
+        self, conn: AsyncConnection, stream_id: str, *, from_version: int = 1
+    ) -> list[RecordedEvent]:
+        query = (
+            select(self._t)
+            .where(self._t.c.stream_id == stream_id, self._t.c.version >= from_version)
+            .order_by(self._t.c.version)
+        )
+        return [_recorded(row) for row in await conn.execute(query)]
+
+    async def read_all(
+        self, conn: AsyncConnection, *, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        """Events in global order, after a position (exclusive), at most `limit`."""
+        query = (
+            select(self._t)
+            .where(self._t.c.position > after)
+            .order_by(self._t.c.position)
+            .limit(limit)
+        )
+        return [_recorded(row) for row in await conn.execute(query)]
+
+    async def known_ids(self, conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
+        """Which of these event ids are stored already."""
+        ids = list(set(event_ids))
+        if not ids:
+            return set()
+        query = select(self._t.c.event_id).where(self._t.c.event_id.in_(ids))
+        return set((await conn.execute(query)).scalars())
+
+    def _row(
+        self, stream_id: str, version: int, event: CloudEvent, now: datetime
+    ) -> dict[str, object]:
+        return {
+            "stream_id": stream_id,
+            "version": version,
+            "event_id": event.id,
+            "type": event.type,
+            "time": event.time or now,
+            "recorded_at": now,
+            "envelope": event.to_dict(),
+        }
+
+
+class DuplicateEventError(Exception):
+    """An event with this id is stored already."""
+
+
+def _recorded(row: object) -> RecordedEvent:
+    m = row._mapping  # type: ignore[attr-defined]
+    return RecordedEvent(
+        position=m["position"],
+        stream_id=m["stream_id"],
+        version=m["version"],
+        envelope=CloudEvent.model_validate(m["envelope"]),
+        recorded_at=m["recorded_at"],
+    )

@@ -1,0 +1,106 @@
+"""The transactional outbox: messages written with the state change that caused them.
+
+A relay publishes pending rows in id order and marks them; rows are kept, so everything can
+be published again from any position (for instance after the broker lost its data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.tables import CoreTables
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """What to publish: topic, key (the customer id) and a CloudEvent."""
+
+    topic: str
+    key: str
+    event: CloudEvent
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    id: int
+    topic: str
+    key: str
+    event_id: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+class Outbox:
+    def __init__(self, tables: CoreTables) -> None:
+        self._t = tables.outbox
+
+    async def add(
+        self, conn: AsyncConnection, messages: Sequence[OutgoingMessage], now: datetime
+    ) -> None:
+        if messages:
+            await conn.execute(insert(self._t), [_row(m, now) for m in messages])
+
+    async def pending(self, conn: AsyncConnection, *, limit: int) -> list[PendingMessage]:
+        query = (
+            select(
+                self._t.c.id,
+                self._t.c.topic,
+                self._t.c.key,
+                self._t.c.event_id,
+                self._t.c.payload,
+                self._t.c.headers,
+            )
+            .where(self._t.c.published_at.is_(None))
+            .order_by(self._t.c.id)
+            .limit(limit)
+        )
+        return [
+            PendingMessage(r.id, r.topic, r.key, r.event_id, r.payload.encode(), r.headers)
+            for r in await conn.execute(query)
+        ]
+
+    async def mark_published(
+        self, conn: AsyncConnection, ids: Sequence[int], now: datetime
+    ) -> None:
+        if ids:
+            await conn.execute(
+                update(self._t).where(self._t.c.id.in_(ids)).values(published_at=now)
+            )
+
+    async def backlog(self, conn: AsyncConnection) -> int:
+        query = select(func.count()).select_from(self._t).where(self._t.c.published_at.is_(None))
+        return int((await conn.execute(query)).scalar_one())
+
+    async def high_water(self, conn: AsyncConnection) -> int:
+        """The id of the newest message written (0 when none)."""
+        return int(
+            (await conn.execute(select(func.coalesce(func.max(self._t.c.id), 0)))).scalar_one()
+        )
+
+    async def republish_from(self, conn: AsyncConnection, first_id: int = 1) -> int:
+        """Mark messages from `first_id` on as pending again; return how many."""
+        result = await conn.execute(
+            update(self._t)
+            .where(self._t.c.id >= first_id, self._t.c.published_at.is_not(None))
+            .values(published_at=None)
+        )
+        return int(result.rowcount)
+
+
+def _row(message: OutgoingMessage, now: datetime) -> dict[str, object]:
+    return {
+        "topic": message.topic,
+        "key": message.key,
+        "event_id": message.event.id,
+        "payload": message.event.to_json().decode(),
+        "headers": message.headers,
+        "created_at": now,
+        "published_at": None,
+    }

@@ -1,0 +1,110 @@
+"""The tables every service has: its event store, its outbox and its inbox.
+
+Each service owns its database and its SQLAlchemy MetaData; `CoreTables` adds these three
+tables to it, so a service's migrations and queries see one schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the row id); PostgreSQL wants BIGINT.
+Position = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC timestamp on every database (SQLite stores it naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CoreTables:
+    """`events`, `outbox` and `inbox`, bound to one service's MetaData."""
+
+    metadata: MetaData
+    events: Table
+    outbox: Table
+    inbox: Table
+
+    @classmethod
+    def on(cls, metadata: MetaData) -> CoreTables:
+        return cls(metadata, _events(metadata), _outbox(metadata), _inbox(metadata))
+
+
+def _events(metadata: MetaData) -> Table:
+    return Table(
+        "events",
+        metadata,
+        Column("position", Position, primary_key=True, autoincrement=True),
+        Column("stream_id", String(200), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("event_id", String(200), nullable=False),
+        Column("type", String(200), nullable=False),
+        Column("time", UtcDateTime(), nullable=False),
+        Column("recorded_at", UtcDateTime(), nullable=False),
+        Column("envelope", JSON, nullable=False),
+        UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
+        UniqueConstraint("event_id", name="uq_events_event_id"),
+    )
+
+
+def _outbox(metadata: MetaData) -> Table:
+    table = Table(
+        "outbox",
+        metadata,
+        Column("id", Position, primary_key=True, autoincrement=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("event_id", String(200), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("headers", JSON, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("published_at", UtcDateTime(), nullable=True),
+    )
+    pending = table.c.published_at.is_(None)
+    Index("ix_outbox_pending", table.c.id, postgresql_where=pending, sqlite_where=pending)
+    return table
+
+
+def _inbox(metadata: MetaData) -> Table:
+    return Table(
+        "inbox",
+        metadata,
+        Column("consumer", String(100), nullable=False),
+        Column("event_id", String(200), nullable=False),
+        Column("processed_at", UtcDateTime(), nullable=False),
+        PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
+    )
