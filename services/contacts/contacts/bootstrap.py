@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crm_shared.app.factory import create_service_app
-from crm_shared.app.runtime import Runtime
-from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND
 from fastapi import FastAPI
 
 from contacts.api.events import router as events_router
@@ -15,6 +12,9 @@ from contacts.api.timeline import router as timeline_router
 from contacts.handlers.ingest import Ingestor
 from contacts.settings import ContactsSettings
 from contacts.store.tables import core
+from crm_shared.app.factory import create_service_app
+from crm_shared.app.runtime import Runtime
+from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

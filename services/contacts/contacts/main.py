@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from crm_shared.app.cli import service_cli
-
 from contacts.bootstrap import MIGRATIONS, create_app
 from contacts.settings import ContactsSettings
+from crm_shared.app.cli import service_cli
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

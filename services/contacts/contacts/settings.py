@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from crm_shared.app.settings import ServiceSettings
 from pydantic import Field
+
+from crm_shared.app.settings import ServiceSettings
 
 
 class ContactsSettings(ServiceSettings):

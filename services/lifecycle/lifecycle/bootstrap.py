@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import CUSTOMER_EVENTS, LIFECYCLE
-from fastapi import FastAPI
-
 from lifecycle.api.routes import router
 from lifecycle.handlers.customer_events import CustomerEventsHandler
 from lifecycle.settings import LifecycleSettings

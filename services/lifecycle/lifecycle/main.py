@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 
 from crm_shared.app.cli import service_cli
-
 from lifecycle.bootstrap import MIGRATIONS, create_app
 from lifecycle.settings import LifecycleSettings
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import OUTREACH
-from fastapi import FastAPI
-
 from notifications.settings import NotificationsSettings
 from notifications.store.tables import core
 

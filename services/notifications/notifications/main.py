@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 
 from crm_shared.app.cli import service_cli
-
 from notifications.bootstrap import MIGRATIONS, create_app
 from notifications.settings import NotificationsSettings
 

@@ -119,7 +119,8 @@ def decode_envelope(payload: bytes | str) -> CloudEvent:
 
 def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:
     error = exc.errors()[0]
-    field = prefix + ".".join(str(part) for part in error["loc"])
+    location = ".".join(str(part) for part in error["loc"])
+    field = prefix + location if location else prefix.rstrip(".")
     message = error["msg"].removeprefix("Value error, ")
     return InvalidEvent(f"{field}: {message}" if field else message, field=field or None)
 

@@ -216,7 +216,7 @@ class BatchConsumer:
     ) -> None:
         self._processor = processor
         self._factory = consumer_factory
-        self._metrics = metrics
+        self.metrics = metrics
         self._max_records = max_records
         self._max_backoff = max_backoff
         self._stopping = asyncio.Event()
@@ -301,7 +301,7 @@ class BatchConsumer:
             high = consumer.highwater(tp)
             if high is not None and batch:
                 lag = max(0, high - batch[-1].offset - 1)
-                self._metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
+                self.metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if a stop was asked for."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from crm_shared.app.problems import Problem
-from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from contacts.handlers.ingest import Ingestor, Outcome
 from contacts.settings import ContactsSettings
+from crm_shared.app.problems import Problem
+from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -92,8 +92,9 @@ async def post_events(
     before) or rejected (with the reason). A single event answers 202 when accepted, 200
     when it is a duplicate and 422 when rejected.
     """
+    media = _media_type(request)
     body = await _read_body(request, settings.ingest_max_bytes)
-    batch = _is_batch(request, body)
+    batch = _is_batch(media, body)
     items = body if isinstance(body, list) else [body]
     if batch and not items:
         raise Problem(422, "the batch is empty")
@@ -124,7 +125,7 @@ async def _read_body(request: Request, limit: int) -> Any:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
 
 
-def _is_batch(request: Request, body: Any) -> bool:
+def _media_type(request: Request) -> str:
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media not in {"application/json", "application/cloudevents+json", BATCH_CONTENT_TYPE}:
         raise Problem(
@@ -132,6 +133,10 @@ def _is_batch(request: Request, body: Any) -> bool:
             f"unsupported content type {media!r}; use application/cloudevents+json "
             f"or {BATCH_CONTENT_TYPE}",
         )
+    return media
+
+
+def _is_batch(media: str, body: Any) -> bool:
     if media == BATCH_CONTENT_TYPE and not isinstance(body, list):
         raise Problem(422, f"{BATCH_CONTENT_TYPE} must be a JSON array of events")
     if media == "application/cloudevents+json" and not isinstance(body, dict):

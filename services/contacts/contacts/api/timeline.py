@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.app.factory import RuntimeDep
 from fastapi import APIRouter, Query
 
 from contacts.handlers.ingest import stream_of
+from crm_shared.app.factory import RuntimeDep
 
 router = APIRouter(prefix="/v1", tags=["contacts"])
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from crm_shared.events import Event, EventData, EventRegistry, InvalidEvent, parse_envelope
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from crm_shared.store.db import Database
 from crm_shared.store.eventstore import ConcurrencyError, DuplicateEventError, EventStore
 from crm_shared.store.outbox import Outbox, OutgoingMessage
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 Status = Literal["accepted", "duplicate", "rejected"]
 ATTEMPTS = 3

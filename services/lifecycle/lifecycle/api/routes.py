@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from crm_shared.app.factory import RuntimeDep
-from crm_shared.app.problems import Problem
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.problems import Problem
 from lifecycle.store import stages
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])

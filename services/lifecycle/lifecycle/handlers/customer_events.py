@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from crm_shared.events import Event, EventData, new_event
 from crm_shared.events.catalog import StageChanged
 from crm_shared.messaging.topics import LIFECYCLE
 from crm_shared.store.outbox import Outbox, OutgoingMessage
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from lifecycle.domain.stages import POLICY_VERSION, CustomerState, Fact, Transition, fold
 from lifecycle.store import stages
 

@@ -6,10 +6,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from crm_shared.store.sql import upsert
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store.sql import upsert
 from lifecycle.domain.stages import POLICY_VERSION, CustomerState, Transition
 from lifecycle.store.tables import customer_stages, stage_transitions
 

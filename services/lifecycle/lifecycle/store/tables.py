@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from crm_shared.store.tables import CoreTables, Position, UtcDateTime
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table
+
+from crm_shared.store.tables import CoreTables, Position, UtcDateTime
 
 metadata = MetaData()
 core = CoreTables.on(metadata)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from crm_shared.store.tables import CoreTables
 from sqlalchemy import MetaData
+
+from crm_shared.store.tables import CoreTables
 
 metadata = MetaData()
 core = CoreTables.on(metadata)

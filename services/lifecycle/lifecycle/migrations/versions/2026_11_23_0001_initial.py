@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
 from crm_shared.store.migrations import create_core_tables_v1
 from crm_shared.store.tables import Position, UtcDateTime
 

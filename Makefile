@@ -1,0 +1,76 @@
+# Entry points for developers and CI. Everything runs through uv, installed on demand.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Where `pip install [--user] uv` puts uv; often not on PATH yet. Appended, not prepended,
+# so a uv already on PATH wins and nothing else gets shadowed.
+PIP_SCRIPT_DIRS := $(shell python3 -c 'import site, sysconfig; \
+	print(site.USER_BASE + "/bin:" + sysconfig.get_path("scripts"))' 2>/dev/null)
+# uv trusts the machine's certificate store (a TLS-inspecting proxy adds its CA there).
+export UV_SYSTEM_CERTS ?= 1
+export PATH := $(PATH):$(HOME)/.local/bin:$(PIP_SCRIPT_DIRS)
+
+SERVICES := contacts lifecycle scoring notifications
+RUN_TARGETS := $(addprefix run-,$(SERVICES))
+
+# The same variables the dev runner reads (see `uv run crm-dev --help`).
+CRM_DATA_DIR ?= var
+DATA_DIR := $(abspath $(CRM_DATA_DIR))
+# Not named CRM_KAFKA_BOOTSTRAP: exporting that would make `make run` skip its own broker.
+SINGLE_SERVICE_BOOTSTRAP := $(or $(CRM_KAFKA_BOOTSTRAP),127.0.0.1:9092)
+CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+# Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
+ARGS ?=
+
+.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate clean
+
+help:
+	@echo "make install            install uv if needed, then the locked dependencies"
+	@echo "make run                broker + all services (crm-dev; ARGS=\"--services ...\")"
+	@echo "make run-<service>      one service alone ($(SERVICES)) against"
+	@echo "                        CRM_KAFKA_BOOTSTRAP (default 127.0.0.1:9092)"
+	@echo "make test               the whole test suite (SQLite, embedded broker)"
+	@echo "make test-postgres      storage tests on PostgreSQL (CRM_TEST_POSTGRES_URL)"
+	@echo "make lint               ruff check and format check"
+	@echo "make migrate            apply every service's migrations to its database"
+	@echo "make clean              remove var/ (databases and logs)"
+
+install:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --user uv || pip install uv
+	@command -v uv >/dev/null 2>&1 || { echo "uv was installed but is not on PATH" >&2; exit 1; }
+	@if [ -f uv.lock ]; then uv sync --frozen; else uv sync; fi
+
+run: install
+	uv run crm-dev $(ARGS)
+
+# One service in the foreground; its database defaults to the file `make run` uses.
+$(RUN_TARGETS): run-%: install
+	@mkdir -p "$(DATA_DIR)"
+	CRM_KAFKA_BOOTSTRAP="$(SINGLE_SERVICE_BOOTSTRAP)" \
+	CRM_DATA_DIR="$(DATA_DIR)" \
+	CRM_DATABASE_URL="$${CRM_DATABASE_URL:-sqlite+aiosqlite:///$(DATA_DIR)/$*.db}" \
+	uv run crm-$* serve
+
+test: install
+	uv run pytest -q
+
+test-postgres: install
+	CRM_TEST_DATABASES=postgres CRM_TEST_POSTGRES_URL="$(CRM_TEST_POSTGRES_URL)" \
+	uv run pytest -q -m storage
+
+lint:
+	uv run ruff check . && uv run ruff format --check .
+
+# Each service's database: CRM_<SERVICE>_DATABASE_URL, else its SQLite file.
+migrate: install
+	@mkdir -p "$(DATA_DIR)"
+	@set -e; for svc in $(SERVICES); do \
+	  override="CRM_$${svc^^}_DATABASE_URL"; \
+	  url="$${!override:-sqlite+aiosqlite:///$(DATA_DIR)/$$svc.db}"; \
+	  echo "migrating $$svc"; \
+	  CRM_DATA_DIR="$(DATA_DIR)" CRM_DATABASE_URL="$$url" uv run crm-$$svc migrate; \
+	done
+
+clean:
+	rm -rf var/

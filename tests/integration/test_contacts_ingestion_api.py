@@ -1,0 +1,128 @@
+"""`POST /v1/events` on contacts: outcomes per event, limits, and what reaches the outbox."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+from fastapi import FastAPI
+
+from contacts.bootstrap import create_app
+from contacts.settings import ContactsSettings
+from crm_shared.app.runtime import Runtime
+from crm_shared.events import BATCH_CONTENT_TYPE
+from crm_shared.messaging.topics import CUSTOMER_EVENTS
+from tests.support.apps import api_client
+from tests.support.events import login_json, purchase_json
+
+BATCH = {"content-type": BATCH_CONTENT_TYPE}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app(database_url: str) -> FastAPI:
+    return create_app(
+        ContactsSettings(database_url=database_url, ingest_max_events=5, ingest_max_bytes=20_000)
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(app) as client:
+        yield client
+
+
+async def outbox_of(app: FastAPI) -> list[tuple[str, str, str]]:
+    runtime: Runtime = app.state.runtime
+    async with runtime.db.read() as conn:
+        pending = await runtime.outbox.pending(conn, limit=100)
+    return [(m.topic, m.key, json.loads(m.payload)["id"]) for m in pending]
+
+
+async def test_one_accepted_event_answers_202_and_is_published_keyed_by_customer(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    event = purchase_json("c1")
+    response = await client.post("/v1/events", json=event)
+    assert response.status_code == 202
+    assert response.json() == {"id": event["id"], "status": "accepted"}
+    assert await outbox_of(app) == [(CUSTOMER_EVENTS, "c1", event["id"])]
+
+
+async def test_sending_an_accepted_event_again_is_a_duplicate_not_a_second_event(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    event = purchase_json("c1")
+    await client.post("/v1/events", json=event)
+    again = await client.post("/v1/events", json=event)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert len(await outbox_of(app)) == 1
+    timeline = (await client.get("/v1/contacts/c1/timeline")).json()
+    assert [e["event"]["id"] for e in timeline["events"]] == [event["id"]]
+
+
+async def test_a_rejected_event_answers_422_problem_naming_the_field(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    event = {**purchase_json("c1"), "data": {"order_id": "o1", "currency": "EUR"}}
+    response = await client.post("/v1/events", json=event)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["detail"] == "data.amount: Field required" and body["field"] == "data.amount"
+    assert await outbox_of(app) == []
+
+
+async def test_a_batch_answers_with_an_outcome_per_event_in_order(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    first, login = purchase_json("c1"), login_json("c2")
+    await client.post("/v1/events", json=first)
+    bad = {**purchase_json("c3"), "type": "crm.unknown.v1"}
+    body = [first, login, bad, login]
+    response = await client.post("/v1/events", content=json.dumps(body), headers=BATCH)
+    assert response.status_code == 200
+    result = response.json()
+    assert [r["status"] for r in result["results"]] == [
+        "duplicate",
+        "accepted",
+        "rejected",
+        "duplicate",
+    ]
+    assert result["results"][2]["reason"] == "type: unknown event type 'crm.unknown.v1'"
+    assert (result["accepted"], result["duplicates"], result["rejected"]) == (1, 2, 1)
+    assert [key for _, key, _ in await outbox_of(app)] == ["c1", "c2"]
+
+
+async def test_limits_and_malformed_bodies_get_clear_problems(client: httpx.AsyncClient) -> None:
+    too_many = [purchase_json("c1") for _ in range(6)]
+    cases = [
+        (json.dumps(too_many), BATCH, 413, "at most 5 events"),
+        (
+            json.dumps([purchase_json("c1", amount="1" * 10)] * 2 + ["x" * 20_000]),
+            BATCH,
+            413,
+            "exceeds 20000 bytes",
+        ),
+        ("{not json", {"content-type": "application/json"}, 400, "not valid JSON"),
+        (json.dumps(purchase_json("c1")), BATCH, 422, "must be a JSON array"),
+        ("[]", BATCH, 422, "the batch is empty"),
+        ("42", {"content-type": "application/json"}, 422, "an event object or an array"),
+        ("<a/>", {"content-type": "application/xml"}, 415, "unsupported content type"),
+    ]
+    for body, headers, status, detail in cases:
+        response = await client.post("/v1/events", content=body, headers=headers)
+        assert response.status_code == status, (body[:40], response.text)
+        assert detail in response.json()["detail"]
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_unknown_routes_and_bad_parameters_are_problems_too(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get("/v1/nowhere")
+    assert missing.status_code == 404 and missing.json()["title"] == "Not Found"
+    bad = await client.get("/v1/contacts/c1/timeline", params={"from_version": 0})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "query.from_version"

@@ -1,0 +1,24 @@
+"""Services in-process for API tests: migrated database, no broker, ASGI client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from crm_shared.app.runtime import Runtime
+
+
+@asynccontextmanager
+async def api_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app's HTTP API over ASGI, its database migrated, Kafka not started."""
+    runtime: Runtime = app.state.runtime
+    await runtime.migrate()
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await runtime.db.dispose()

@@ -1,0 +1,74 @@
+"""Kafka helpers for tests: unique topics, reading a topic until a condition holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from crm_shared.messaging.topics import ensure_topics, with_dlq
+
+
+async def make_topic(bootstrap: str, base: str = "t", *, partitions: int = 3) -> str:
+    """A new topic (and its dead-letter twin) with a unique name."""
+    name = f"{base}.{uuid.uuid4().hex[:10]}"
+    await ensure_topics(bootstrap, with_dlq([name]), partitions=partitions)
+    return name
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, count: int, within: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read a topic from the start until `count` records arrived; fail after `within` seconds.
+
+    Partitions are assigned by hand: no consumer group, so no wait for a group to form.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    partitions = consumer.partitions_for_topic(topic) or set()
+    consumer.assign([TopicPartition(topic, p) for p in partitions])
+    await consumer.seek_to_beginning()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    deadline = time.monotonic() + within
+    try:
+        while len(records) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    assert len(records) >= count, f"{topic}: {len(records)} of {count} records within {within}s"
+    return records
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]], **options: Any
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, **options)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def eventually(condition: Any, *, within: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll an async condition until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        last = await condition()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
