@@ -32,7 +32,7 @@ help:
 	@echo "                        CRM_KAFKA_BOOTSTRAP (default 127.0.0.1:9092)"
 	@echo "make test               the whole test suite (SQLite, embedded broker)"
 	@echo "make test-postgres      storage tests on PostgreSQL (CRM_TEST_POSTGRES_URL)"
-	@echo "make lint               ruff check and format check"
+	@echo "make lint               ruff check, format check and mypy --strict"
 	@echo "make migrate            apply every service's migrations to its database"
 	@echo "make clean              remove var/ (databases and logs)"
 
@@ -59,8 +59,8 @@ test-postgres: install
 	CRM_TEST_DATABASES=postgres CRM_TEST_POSTGRES_URL="$(CRM_TEST_POSTGRES_URL)" \
 	uv run pytest -q -m storage
 
-lint:
-	uv run ruff check . && uv run ruff format --check .
+lint: install
+	uv run ruff check . && uv run ruff format --check . && uv run mypy
 
 # Each service's database: CRM_<SERVICE>_DATABASE_URL, else its SQLite file.
 migrate: install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import httpx
@@ -97,5 +97,5 @@ async def test_every_service_reports_ready_and_serves_its_openapi_and_metrics(
             assert "crm_http_requests_total" in metrics and "crm_outbox_backlog" in metrics
 
 
-async def _is(value: object, expected: str) -> bool:
-    return await value == expected  # type: ignore[misc]
+async def _is(value: Awaitable[str | None], expected: str) -> bool:
+    return (await value) == expected

@@ -24,7 +24,7 @@ def test_a_valid_purchase_validates_into_its_typed_frozen_model() -> None:
     assert str(event.data.amount) == "19.90"
     assert event.subject == "c1" and event.time.tzinfo is not None
     with pytest.raises(Exception, match="frozen"):
-        event.data.amount = 0  # type: ignore[misc]
+        event.data.amount = 0  # type: ignore[misc, assignment]
 
 
 @pytest.mark.parametrize(
