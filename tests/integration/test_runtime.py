@@ -96,7 +96,7 @@ async def test_a_stopped_consumer_finishes_and_commits_the_batch_in_hand(
             db=core.db,
             inbox=Inbox(core.tables, "stop"),
             registry=CATALOG,
-            handler=handler,  # type: ignore[arg-type]
+            handler=handler,
             dead_letters=DeadLetters(producer, metrics),
             metrics=metrics,
         )

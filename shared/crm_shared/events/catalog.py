@@ -10,7 +10,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from crm_shared.events.registry import EventData, EventRegistry
 
@@ -28,7 +28,7 @@ class PurchaseCompleted(EventData):
     order_id: str = Field(min_length=1, max_length=200)
     amount: Money = Field(ge=0, max_digits=18, decimal_places=4)
     currency: Currency = Field(pattern=r"^[A-Z]{3}$")
-    items: int | None = Field(default=None, ge=0)
+    item_count: int | None = Field(default=None, ge=0)
     channel: str | None = Field(default=None, max_length=100)
 
 
@@ -42,6 +42,14 @@ class PurchaseRefunded(EventData):
     reason: str | None = Field(default=None, max_length=500)
 
 
+@CATALOG.register("crm.subscription.started.v1")
+class SubscriptionStarted(EventData):
+    """The customer started a subscription."""
+
+    subscription_id: str = Field(min_length=1, max_length=200)
+    plan: str | None = Field(default=None, max_length=200)
+
+
 @CATALOG.register("crm.subscription.cancelled.v1")
 class SubscriptionCancelled(EventData):
     """The customer cancelled a subscription."""
@@ -52,40 +60,41 @@ class SubscriptionCancelled(EventData):
 
 @CATALOG.register("crm.session.started.v1")
 class SessionStarted(EventData):
-    """The customer logged in or opened the app: an engagement signal."""
+    """The customer logged in or visited: an engagement signal."""
 
+    kind: Literal["login", "visit"] = "login"
     channel: str | None = Field(default=None, max_length=100)
 
 
-@CATALOG.register("crm.support.ticket_opened.v1")
+@CATALOG.register("crm.ticket.opened.v1")
 class TicketOpened(EventData):
     """The customer opened a support ticket."""
 
     ticket_id: str = Field(min_length=1, max_length=200)
-    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+    severity: Literal["low", "normal", "high", "urgent"] = "normal"
     topic: str | None = Field(default=None, max_length=200)
 
 
-@CATALOG.register("crm.support.ticket_resolved.v1")
+@CATALOG.register("crm.ticket.resolved.v1")
 class TicketResolved(EventData):
     """A support ticket of the customer was resolved."""
 
     ticket_id: str = Field(min_length=1, max_length=200)
+    severity: Literal["low", "normal", "high", "urgent"] | None = None
 
 
 @CATALOG.register("crm.feedback.submitted.v1")
 class FeedbackSubmitted(EventData):
-    """Survey feedback: NPS on 0-10, CSAT on 1-5."""
+    """Survey feedback: NPS on 0-10 and/or CSAT on 1-5."""
 
-    kind: Literal["nps", "csat"]
-    score: int
+    nps: int | None = Field(default=None, ge=0, le=10)
+    csat: int | None = Field(default=None, ge=1, le=5)
     comment: str | None = Field(default=None, max_length=5000)
 
     @model_validator(mode="after")
-    def _score_in_range(self) -> FeedbackSubmitted:
-        low, high = (0, 10) if self.kind == "nps" else (1, 5)
-        if not low <= self.score <= high:
-            raise ValueError(f"score must be between {low} and {high} for {self.kind}")
+    def _some_score(self) -> FeedbackSubmitted:
+        if self.nps is None and self.csat is None:
+            raise ValueError("give nps (0-10), csat (1-5) or both")
         return self
 
 
@@ -118,3 +127,12 @@ class StageChanged(EventData):
     occurred_at: datetime
     policy_version: str
     correction: bool = False
+
+
+class CustomEvent(EventData):
+    """A free-form event of the business's own (`custom.<name>`): any JSON object."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+CATALOG.register_open("custom.", CustomEvent)

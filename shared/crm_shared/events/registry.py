@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from crm_shared.events.envelope import CloudEvent, InvalidEvent, validation_reason
 
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+\.v[1-9][0-9]*$")
+OPEN_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,150}$")
 
 
 class EventData(BaseModel):
@@ -59,6 +60,7 @@ class EventRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, type[EventData]] = {}
+        self._open: dict[str, type[EventData]] = {}
 
     def register(self, type_name: str) -> Callable[[M], M]:
         """Class decorator: register a payload model under a versioned type name."""
@@ -74,6 +76,12 @@ class EventRegistry:
 
         return decorate
 
+    def register_open(self, prefix: str, model: type[EventData]) -> None:
+        """Accept every type under `prefix` (for instance `custom.`) with one payload model."""
+        if not prefix.endswith("."):
+            raise ValueError("an open prefix ends with a dot")
+        self._open[prefix] = model
+
     def __contains__(self, type_name: object) -> bool:
         return type_name in self._models
 
@@ -81,10 +89,13 @@ class EventRegistry:
         return iter(sorted(self._models))
 
     def model_for(self, type_name: str) -> type[EventData]:
-        try:
-            return self._models[type_name]
-        except KeyError:
-            raise InvalidEvent(f"type: unknown event type {type_name!r}", field="type") from None
+        model = self._models.get(type_name)
+        if model is not None:
+            return model
+        for prefix, open_model in self._open.items():
+            if type_name.startswith(prefix) and OPEN_NAME.match(type_name[len(prefix):]):
+                return open_model
+        raise InvalidEvent(f"type: unknown event type {type_name!r}", field="type")
 
     def validate(self, envelope: CloudEvent) -> Event[EventData]:
         """Check the envelope's type, subject, time and payload; raise InvalidEvent if wrong."""
@@ -105,7 +116,9 @@ class EventRegistry:
 
     def json_schemas(self) -> dict[str, dict[str, Any]]:
         """The JSON Schema of every registered payload, by type name."""
-        return {name: self._models[name].model_json_schema() for name in self}
+        schemas = {name: self._models[name].model_json_schema() for name in self}
+        schemas.update({f"{p}*": m.model_json_schema() for p, m in self._open.items()})
+        return schemas
 
 
 def type_name_of(model: type[EventData]) -> str:
