@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from unittest.mock import ANY
 
 import httpx
 import pytest_asyncio
@@ -33,11 +34,20 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def outbox_of(app: FastAPI) -> list[tuple[str, str, str]]:
+async def outbox_of(app: FastAPI) -> list[tuple[str, str, str, str]]:
+    """What contacts will publish: (topic, key, event type, event id)."""
     runtime: Runtime = app.state.runtime
     async with runtime.db.read() as conn:
         pending = await runtime.outbox.pending(conn, limit=100)
-    return [(m.topic, m.key, json.loads(m.payload)["id"]) for m in pending]
+    return [
+        (m.topic, m.key, json.loads(m.payload)["type"], json.loads(m.payload)["id"])
+        for m in pending
+    ]
+
+
+async def activity_of(app: FastAPI) -> list[tuple[str, str]]:
+    """Published customer activity (not contact records): (key, event id)."""
+    return [(key, i) for _, key, t, i in await outbox_of(app) if not t.startswith("crm.contact.")]
 
 
 async def test_one_accepted_event_answers_202_and_is_published_keyed_by_customer(
@@ -46,8 +56,11 @@ async def test_one_accepted_event_answers_202_and_is_published_keyed_by_customer
     event = purchase_json("c1")
     response = await client.post("/v1/events", json=event)
     assert response.status_code == 202
-    assert response.json() == {"id": event["id"], "status": "accepted"}
-    assert await outbox_of(app) == [(CUSTOMER_EVENTS, "c1", event["id"])]
+    assert response.json() == {"id": event["id"], "status": "accepted", "contact_id": "c1"}
+    assert await outbox_of(app) == [
+        (CUSTOMER_EVENTS, "c1", "crm.contact.created.v1", ANY),
+        (CUSTOMER_EVENTS, "c1", "crm.purchase.completed.v1", event["id"]),
+    ]
 
 
 async def test_sending_an_accepted_event_again_is_a_duplicate_not_a_second_event(
@@ -57,9 +70,9 @@ async def test_sending_an_accepted_event_again_is_a_duplicate_not_a_second_event
     await client.post("/v1/events", json=event)
     again = await client.post("/v1/events", json=event)
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
-    assert len(await outbox_of(app)) == 1
+    assert len(await activity_of(app)) == 1
     timeline = (await client.get("/v1/contacts/c1/timeline")).json()
-    assert [e["event"]["id"] for e in timeline["events"]] == [event["id"]]
+    assert [e["event"]["id"] for e in timeline["items"]] == [event["id"]]
 
 
 async def test_a_rejected_event_answers_422_problem_naming_the_field(
@@ -92,7 +105,7 @@ async def test_a_batch_answers_with_an_outcome_per_event_in_order(
     ]
     assert result["results"][2]["reason"] == "type: unknown event type 'crm.unknown.v1'"
     assert (result["accepted"], result["duplicates"], result["rejected"]) == (1, 2, 1)
-    assert [key for _, key, _ in await outbox_of(app)] == ["c1", "c2"]
+    assert [key for key, _ in await activity_of(app)] == ["c1", "c2"]
 
 
 async def test_limits_and_malformed_bodies_get_clear_problems(client: httpx.AsyncClient) -> None:
@@ -123,6 +136,6 @@ async def test_unknown_routes_and_bad_parameters_are_problems_too(
 ) -> None:
     missing = await client.get("/v1/nowhere")
     assert missing.status_code == 404 and missing.json()["title"] == "Not Found"
-    bad = await client.get("/v1/contacts/c1/timeline", params={"from_version": 0})
+    bad = await client.get("/v1/contacts/c1/timeline", params={"limit": 0})
     assert bad.status_code == 422
-    assert bad.json()["errors"][0]["field"] == "query.from_version"
+    assert bad.json()["errors"][0]["field"] == "query.limit"

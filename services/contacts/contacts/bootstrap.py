@@ -7,9 +7,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from contacts.api import errors
+from contacts.api.contacts import router as contacts_router
 from contacts.api.events import router as events_router
+from contacts.api.schemas_catalog import router as schemas_router
 from contacts.api.timeline import router as timeline_router
 from contacts.handlers.ingest import Ingestor
+from contacts.handlers.records import ContactService
 from contacts.settings import ContactsSettings
 from contacts.store.tables import core
 from crm_shared.app.factory import create_service_app
@@ -17,6 +21,10 @@ from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+DESCRIPTION = (
+    "Customer records, consent, identity resolution and the customer timeline; ingests "
+    "events from other systems over HTTP and Kafka and publishes canonical customer events."
+)
 
 
 def utcnow() -> datetime:
@@ -26,20 +34,31 @@ def utcnow() -> datetime:
 def create_app(settings: ContactsSettings | None = None) -> FastAPI:
     settings = settings or ContactsSettings()
     runtime = Runtime(settings, tables=core, migrations=MIGRATIONS, topics=[CUSTOMER_EVENTS])
-    ingestor = Ingestor(
+    contacts = ContactService(
         runtime.db,
         runtime.events,
         runtime.outbox,
         runtime.registry,
         utcnow,
+        wake=runtime.wake_relay,
+    )
+    ingestor = Ingestor(
+        runtime.db,
+        runtime.events,
+        runtime.outbox,
+        runtime.registry,
+        contacts,
+        utcnow,
         max_event_bytes=settings.ingest_max_event_bytes,
+        unknown_customers=settings.unknown_customers,
     )
     runtime.subscribe("inbound", [INBOUND], ingestor.on_inbound)
-    return create_service_app(
+    app = create_service_app(
         runtime,
         title="CRM contacts",
-        description="Customer records and the customer timeline; ingests events from other "
-        "systems over HTTP and Kafka and publishes canonical customer events.",
-        routers=[events_router, timeline_router],
-        state={"ingestor": ingestor},
+        description=DESCRIPTION,
+        routers=[contacts_router, events_router, timeline_router, schemas_router],
+        state={"ingestor": ingestor, "contacts": contacts},
     )
+    errors.install(app)
+    return app

@@ -123,7 +123,8 @@ class Runtime:
     async def _connect(self) -> None:
         s = self.settings
         if s.create_topics:
-            await ensure_topics(s.kafka_bootstrap, self._topics, partitions=s.topic_partitions)
+            names = [s.topic_prefix + t for t in self._topics]
+            await ensure_topics(s.kafka_bootstrap, names, partitions=s.topic_partitions)
         producer = make_producer(s.kafka_bootstrap, client_id=f"crm-{self.name}")
         try:
             await producer.start()
@@ -147,7 +148,7 @@ class Runtime:
 
         def factory() -> Any:
             return make_consumer(
-                subscription.topics,
+                [s.topic_prefix + t for t in subscription.topics],
                 bootstrap=s.kafka_bootstrap,
                 group_id=f"{s.consumer_group}.{subscription.name}",
                 client_id=f"crm-{self.name}-{subscription.name}",

@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     data_dir: str = "var"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_partitions: int = Field(default=4, ge=1)
+    topic_prefix: str = Field(
+        default="", max_length=100, description="put before every topic name (e.g. staging.)"
+    )
     create_topics: bool = True
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=5000)
     consumer_max_records: int = Field(default=500, ge=1, le=10_000)
@@ -43,4 +46,4 @@ class ServiceSettings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir}/{self.service_name}.db"
         if not self.consumer_group:
-            self.consumer_group = f"crm-{self.service_name}"
+            self.consumer_group = f"{self.topic_prefix}crm-{self.service_name}"

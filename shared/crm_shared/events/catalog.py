@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -113,6 +113,76 @@ class CustomerRegistered(EventData):
     email: str | None = Field(default=None, max_length=320)
     name: str | None = Field(default=None, max_length=300)
     birthday: date | None = None
+
+
+Channel = Literal["email", "sms", "push", "phone"]
+ConsentStatus = Literal["granted", "denied", "revoked"]
+
+
+@CATALOG.register("crm.contact.created.v1")
+class ContactCreated(EventData):
+    """A contact record was created (by the API, by ingestion for an unknown customer, or
+    by an import). `profile` holds the validated fields; `external_ids` are `system:id`."""
+
+    contact_id: str
+    profile: dict[str, Any]
+    origin: Literal["api", "ingestion", "import"]
+    external_ids: list[str] = Field(default_factory=list)
+    actor: str | None = None
+
+
+@CATALOG.register("crm.contact.updated.v1")
+class ContactUpdated(EventData):
+    """Fields of a contact changed: each field's new value (null: cleared)."""
+
+    contact_id: str
+    changes: dict[str, Any]
+    actor: str | None = None
+
+
+@CATALOG.register("crm.contact.identified.v1")
+class ContactIdentified(EventData):
+    """An id in another system (`system:id`) now names this contact."""
+
+    contact_id: str
+    external_id: str
+
+
+@CATALOG.register("crm.contact.consent_changed.v1")
+class ConsentChanged(EventData):
+    """The contact granted, denied or revoked consent to be contacted on a channel."""
+
+    contact_id: str
+    channel: Channel
+    status: ConsentStatus
+    source: str
+    changed_at: datetime
+
+
+@CATALOG.register("crm.contact.merged.v1")
+class ContactMerged(EventData):
+    """Contacts were merged into a survivor: from now on they are one customer.
+
+    `changes` are the survivor's fields taken from the merged contacts and `previous` what
+    they were before; `moved` lists, per merged contact, the identifiers that moved."""
+
+    survivor_id: str
+    merged_ids: list[str]
+    changes: dict[str, Any] = Field(default_factory=dict)
+    previous: dict[str, Any] = Field(default_factory=dict)
+    moved: dict[str, list[str]] = Field(default_factory=dict)
+    actor: str | None = None
+
+
+@CATALOG.register("crm.contact.unmerged.v1")
+class ContactUnmerged(EventData):
+    """A merge was undone for one contact: it is a customer of its own again."""
+
+    survivor_id: str
+    restored_id: str
+    changes: dict[str, Any] = Field(default_factory=dict)
+    moved: list[str] = Field(default_factory=list)
+    actor: str | None = None
 
 
 @CATALOG.register("crm.lifecycle.stage_changed.v1")

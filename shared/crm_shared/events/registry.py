@@ -93,7 +93,7 @@ class EventRegistry:
         if model is not None:
             return model
         for prefix, open_model in self._open.items():
-            if type_name.startswith(prefix) and OPEN_NAME.match(type_name[len(prefix):]):
+            if type_name.startswith(prefix) and OPEN_NAME.match(type_name[len(prefix) :]):
                 return open_model
         raise InvalidEvent(f"type: unknown event type {type_name!r}", field="type")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,7 +34,9 @@ from crm_shared.store.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AsyncConnection, list[Event[EventData]]], Awaitable[None]]
+# A handler applies a batch inside the batch's transaction. It may refuse events it cannot
+# accept (event id -> reason): those are not recorded as processed and go to the DLQ.
+Handler = Callable[[AsyncConnection, list[Event[EventData]]], Awaitable[Mapping[str, str] | None]]
 MAX_DLQ_VALUE = 900_000
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, TimeoutError)
 
@@ -119,10 +121,16 @@ class BatchProcessor:
         async with self._db.transaction() as conn:
             fresh_ids = set(await self._inbox.unseen(conn, [r.event.id for r in received]))
             fresh = _first_of_each(received, fresh_ids)
+            refused: Mapping[str, str] = {}
             if fresh:
-                await self._handler(conn, [r.event for r in fresh])
-                await self._inbox.record(conn, [r.event.id for r in fresh], _now())
-        self._count(fresh, duplicates=len(received) - len(fresh))
+                refused = await self._handler(conn, [r.event for r in fresh]) or {}
+                applied = [r.event.id for r in fresh if r.event.id not in refused]
+                await self._inbox.record(conn, applied, _now())
+        rejected = [Rejected(r.record, refused[r.event.id]) for r in fresh if r.event.id in refused]
+        await self._dead.send(rejected, consumer=self.name)
+        self._count(
+            [r for r in fresh if r.event.id not in refused], duplicates=len(received) - len(fresh)
+        )
 
     async def _apply_one_by_one(self, received: list[Received]) -> None:
         for item in received:

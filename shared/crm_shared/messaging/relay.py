@@ -46,12 +46,14 @@ class OutboxRelay:
         poll_interval: float = 0.1,
         max_backoff: float = 5.0,
         clock: Clock = utcnow,
+        topic_prefix: str = "",
     ) -> None:
         self._db, self._outbox, self._producer, self._metrics = db, outbox, producer, metrics
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._clock = clock
+        self._prefix = topic_prefix
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock_key = zlib.crc32(b"crm-outbox-relay") & 0x7FFFFFFF
@@ -125,7 +127,7 @@ class OutboxRelay:
             }
             futures.append(
                 await self._producer.send(
-                    message.topic,
+                    self._prefix + message.topic,
                     message.payload,
                     key=message.key.encode(),
                     headers=encode_headers(headers),

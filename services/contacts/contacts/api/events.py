@@ -36,6 +36,7 @@ class EventOutcome(BaseModel):
     status: Literal["accepted", "duplicate", "rejected"]
     reason: str | None = None
     field: str | None = None
+    contact_id: str | None = None
 
 
 class BatchOutcome(BaseModel):
@@ -152,7 +153,10 @@ def _batch(outcomes: list[Outcome]) -> BatchOutcome:
         duplicates=sum(o.status == "duplicate" for o in outcomes),
         rejected=sum(o.status == "rejected" for o in outcomes),
         results=[
-            EventOutcome(id=o.id, status=o.status, reason=o.reason, field=o.field) for o in outcomes
+            EventOutcome(
+                id=o.id, status=o.status, reason=o.reason, field=o.field, contact_id=o.contact_id
+            )
+            for o in outcomes
         ],
     )
 
@@ -166,7 +170,7 @@ def _single(outcome: Outcome) -> JSONResponse:
             field=outcome.field,
             event_id=outcome.id,
         )
-    view = EventOutcome(id=outcome.id, status=outcome.status)
+    view = EventOutcome(id=outcome.id, status=outcome.status, contact_id=outcome.contact_id)
     return JSONResponse(
         view.model_dump(exclude_none=True), status_code=202 if outcome.status == "accepted" else 200
     )

@@ -2,33 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel
 
-from contacts.handlers.ingest import stream_of
+from contacts.store import records
+from contacts.store.timeline import TimelineQuery, timeline
 from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.problems import Problem
 
 router = APIRouter(prefix="/v1", tags=["contacts"])
 
 
-@router.get("/contacts/{contact_id}/timeline")
+class TimelineEntry(BaseModel):
+    time: datetime
+    recorded_at: datetime
+    event: dict[str, Any]
+
+
+class TimelinePage(BaseModel):
+    contact_id: str
+    items: list[TimelineEntry]
+    next_cursor: str | None
+
+
+@router.get(
+    "/contacts/{contact_id}/timeline",
+    response_model=TimelinePage,
+    responses={404: {"description": "no such contact"}},
+)
 async def get_timeline(
-    contact_id: str, runtime: RuntimeDep, from_version: int = Query(default=1, ge=1)
-) -> dict[str, Any]:
-    """The contact's accepted events in the order they were recorded."""
+    contact_id: str,
+    runtime: RuntimeDep,
+    type: Annotated[
+        list[str],
+        Query(description="event types; a trailing * matches a prefix, e.g. crm.purchase.*"),
+    ] = [],  # noqa: B006
+    after: Annotated[datetime | None, Query(description="events that happened at or after")] = None,
+    before: Annotated[datetime | None, Query(description="events that happened before")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> TimelinePage:
+    """The contact's events in the order they happened, including those of contacts merged
+    into it; paged with `cursor`."""
+    for name, value in (("after", after), ("before", before)):
+        if value is not None and value.tzinfo is None:
+            raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
+    query = TimelineQuery(types=type, after=after, before=before, limit=limit, cursor=cursor)
     async with runtime.db.read() as conn:
-        recorded = await runtime.events.read_stream(
-            conn, stream_of(contact_id), from_version=from_version
-        )
-    return {
-        "contact_id": contact_id,
-        "events": [
-            {
-                "version": r.version,
-                "recorded_at": r.recorded_at.isoformat(),
-                "event": r.envelope.to_dict(),
-            }
-            for r in recorded
-        ],
-    }
+        if await records.survivor_of(conn, contact_id) is None:
+            raise Problem(404, f"no contact {contact_id!r}")
+        try:
+            items, next_cursor = await timeline(conn, contact_id, query)
+        except ValueError as exc:
+            raise Problem(422, str(exc), field="cursor") from None
+    return TimelinePage(
+        contact_id=contact_id, items=[TimelineEntry(**i) for i in items], next_cursor=next_cursor
+    )

@@ -1,16 +1,17 @@
-"""Event ingestion: validate, de-duplicate, append to the customer's timeline, publish.
+"""Event ingestion: validate, de-duplicate, resolve the customer, append to their timeline,
+publish the canonical copy.
 
-HTTP batches and `crm.inbound` batches take the same path: one transaction appends the
-accepted events to their customers' streams and writes their canonical copies to the
-outbox for `crm.customer-events`.
-
-Identity: the CloudEvents `subject` is taken as the contact id as it stands; resolving
-emails, phones and ids in other systems to contacts belongs to identity resolution.
+HTTP batches and `crm.inbound` batches take the same path, in one transaction per batch:
+the events' subjects are resolved to contacts (an unknown identifier creates a prospect
+contact, or is rejected, as configured), the accepted events are appended to their
+contacts' timelines, and their canonical copies (subject and Kafka key = contact id) are
+written to the outbox for `crm.customer-events`.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,14 +19,20 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crm_shared.events import Event, EventData, EventRegistry, InvalidEvent, parse_envelope
+from contacts.domain.identity import parse_identifier, prospect_profile
+from contacts.handlers.records import ContactService, NewContact
+from contacts.store import records
+from crm_shared.events import CloudEvent, Event, EventData, EventRegistry, InvalidEvent
+from crm_shared.events.envelope import parse_envelope
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from crm_shared.store.db import Database
 from crm_shared.store.eventstore import ConcurrencyError, DuplicateEventError, EventStore
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 
 Status = Literal["accepted", "duplicate", "rejected"]
+UnknownCustomers = Literal["create", "reject"]
 ATTEMPTS = 3
+IDENTITY_EXTENSION = "crmidentity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +41,7 @@ class Outcome:
     status: Status
     reason: str | None = None
     field: str | None = None
-
-
-def stream_of(customer_id: str) -> str:
-    return f"contact-{customer_id}"
+    contact_id: str | None = None
 
 
 class Ingestor:
@@ -47,13 +51,17 @@ class Ingestor:
         store: EventStore,
         outbox: Outbox,
         registry: EventRegistry,
+        contacts: ContactService,
         clock: Callable[[], datetime],
         *,
         max_event_bytes: int,
+        unknown_customers: UnknownCustomers = "create",
     ) -> None:
         self._db, self._store, self._outbox, self._registry = db, store, outbox, registry
+        self._contacts = contacts
         self._clock = clock
         self._max_event_bytes = max_event_bytes
+        self._unknown = unknown_customers
 
     def validate(self, raw: Any) -> Event[EventData]:
         """One decoded JSON value as a typed event, or InvalidEvent naming the field."""
@@ -71,50 +79,111 @@ class Ingestor:
                 outcomes.append(None)
             except InvalidEvent as exc:
                 outcomes.append(Outcome(_id_of(raw), "rejected", exc.reason, exc.field))
-        statuses = await self._store_with_retry([event for _, event in valid])
-        for (index, event), status in zip(valid, statuses, strict=True):
-            outcomes[index] = Outcome(event.id, status)
+        stored = await self._store_with_retry([event for _, event in valid])
+        for (index, _), outcome in zip(valid, stored, strict=True):
+            outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    async def _store_with_retry(self, events: list[Event[EventData]]) -> list[Status]:
+    async def _store_with_retry(self, events: list[Event[EventData]]) -> list[Outcome]:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with self._db.transaction() as conn:
                     return await self.store(conn, events)
             except (DuplicateEventError, ConcurrencyError):
-                # A concurrent request stored one of these ids first; look again.
+                # A concurrent request stored one of these ids or contacts first; look again.
                 if attempt == ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
 
     async def store(
         self, conn: AsyncConnection, events: Sequence[Event[EventData]]
-    ) -> list[Status]:
-        """Append the events not stored yet; publish their canonical copies via the outbox."""
+    ) -> list[Outcome]:
+        """Append what is new; return an outcome per event, in order."""
         known = await self._store.known_ids(conn, [e.id for e in events])
-        statuses: list[Status] = []
-        fresh: list[Event[EventData]] = []
+        outcomes: list[Outcome] = []
+        fresh: list[tuple[int, Event[EventData], str]] = []
         for event in events:
             if event.id in known:
-                statuses.append("duplicate")
+                outcomes.append(Outcome(event.id, "duplicate"))
                 continue
             known.add(event.id)
-            fresh.append(event)
-            statuses.append("accepted")
+            try:
+                fresh.append((len(outcomes), event, parse_identifier(event.subject)))
+                outcomes.append(Outcome(event.id, "accepted"))
+            except ValueError as exc:
+                outcomes.append(Outcome(event.id, "rejected", f"subject: {exc}", "subject"))
+        owners = await self._owners(conn, {ident for _, _, ident in fresh})
+        accepted = []
+        for index, event, ident in fresh:
+            owner = owners.get(ident)
+            if owner is None:
+                outcomes[index] = Outcome(
+                    event.id, "rejected", _unknown_reason(event.subject), "subject"
+                )
+            else:
+                outcomes[index] = Outcome(event.id, "accepted", contact_id=owner)
+                accepted.append(_canonical(event, owner))
+        await self._append(conn, accepted)
+        return outcomes
+
+    async def on_inbound(
+        self, conn: AsyncConnection, events: list[Event[EventData]]
+    ) -> dict[str, str]:
+        """Consumer handler for `crm.inbound`; returns the rejected events' reasons, which
+        the consumer sends to `crm.inbound.dlq`."""
+        outcomes = await self.store(conn, events)
+        return {o.id: o.reason or "rejected" for o in outcomes if o.status == "rejected" and o.id}
+
+    async def _owners(self, conn: AsyncConnection, idents: set[str]) -> dict[str, str]:
+        """Identifier -> the contact it belongs to today, creating prospects as configured."""
+        bare = {i for i in idents if i.startswith("id:")}
+        owners = await records.resolve(conn, idents - bare)
+        merged = await records.statuses(conn, {i.removeprefix("id:") for i in bare})
+        for ident in bare:
+            contact_id = ident.removeprefix("id:")
+            if contact_id in merged:
+                survivor = merged[contact_id] and await records.survivor_of(conn, contact_id)
+                owners[ident] = survivor or contact_id
+        missing = sorted(idents - set(owners))
+        if missing and self._unknown == "create":
+            owners.update(await self._create_prospects(conn, missing))
+        return owners
+
+    async def _create_prospects(self, conn: AsyncConnection, idents: list[str]) -> dict[str, str]:
+        items = []
+        for ident in idents:
+            profile, external = prospect_profile(ident)
+            contact_id = ident.removeprefix("id:") if ident.startswith("id:") else str(uuid.uuid4())
+            items.append(NewContact(contact_id, profile, external))
+        created = await self._contacts.create_many(conn, items, origin="ingestion", actor=None)
+        return {ident: state.id for ident, state in zip(idents, created, strict=True)}
+
+    async def _append(self, conn: AsyncConnection, accepted: list[CloudEvent]) -> None:
         now = self._clock()
+        assert all(e.subject for e in accepted)
         await self._store.append_many(
-            conn, [(stream_of(e.subject), e.envelope) for e in fresh], now=now
+            conn, [(records.timeline_stream(e.subject or ""), e) for e in accepted], now=now
         )
-        await self._outbox.add(conn, [_canonical(e) for e in fresh], now)
-        return statuses
-
-    async def on_inbound(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
-        """Consumer handler for `crm.inbound`: invalid messages were dead-lettered already."""
-        await self.store(conn, events)
+        await self._outbox.add(
+            conn, [OutgoingMessage(CUSTOMER_EVENTS, e.subject or "", e) for e in accepted], now
+        )
 
 
-def _canonical(event: Event[EventData]) -> OutgoingMessage:
-    return OutgoingMessage(topic=CUSTOMER_EVENTS, key=event.subject, event=event.envelope)
+def _canonical(event: Event[EventData], contact_id: str) -> CloudEvent:
+    """The event as published: subject and key are the contact id; the identifier the
+    sender used stays in the `crmidentity` extension."""
+    if event.subject == contact_id:
+        return event.envelope
+    return CloudEvent.model_validate(
+        {**event.envelope.to_dict(), "subject": contact_id, IDENTITY_EXTENSION: event.subject}
+    )
+
+
+def _unknown_reason(subject: str) -> str:
+    return (
+        f"subject: no contact is known by {subject!r} (unknown customers are rejected; "
+        "create the contact first)"
+    )
 
 
 def _id_of(raw: Any) -> str | None:

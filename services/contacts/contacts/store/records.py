@@ -1,0 +1,152 @@
+"""Loading contacts from their record streams, and keeping the read model in step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contacts.domain.contact import Contact, fold
+from contacts.store.tables import contact_attributes, contact_tags, contacts, identifiers
+from crm_shared.events import EventData, EventRegistry
+from crm_shared.store.eventstore import EventStore, RecordedEvent
+from crm_shared.store.sql import upsert
+
+
+def record_stream(contact_id: str) -> str:
+    return f"contact-{contact_id}"
+
+
+def timeline_stream(contact_id: str) -> str:
+    return f"timeline-{contact_id}"
+
+
+def payload(registry: EventRegistry, recorded: RecordedEvent) -> EventData:
+    return registry.model_for(recorded.envelope.type).model_validate(recorded.envelope.data)
+
+
+async def load(
+    conn: AsyncConnection,
+    store: EventStore,
+    registry: EventRegistry,
+    contact_id: str,
+    *,
+    as_of: datetime | None = None,
+) -> Contact | None:
+    """The contact as its record stream says (as it was at `as_of`, if given)."""
+    state = None
+    for recorded in await store.read_stream(conn, record_stream(contact_id)):
+        if as_of is not None and recorded.recorded_at > as_of:
+            break
+        state = fold(state, payload(registry, recorded), recorded.recorded_at, contact_id)
+    return state
+
+
+async def save(conn: AsyncConnection, states: Sequence[Contact]) -> None:
+    """Write the read-model rows of these contacts (row, tags, attributes, identifiers)."""
+    if not states:
+        return
+    ids = [s.id for s in states]
+    await upsert(conn, contacts, [_row(s) for s in states], key=["id"])
+    for table in (contact_tags, contact_attributes, identifiers):
+        await conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
+    tags = [{"tag": t, "contact_id": s.id} for s in states for t in s.profile.get("tags", [])]
+    attrs = [
+        {"contact_id": s.id, "name": k, "value": attribute_text(v)}
+        for s in states
+        for k, v in s.profile.get("attributes", {}).items()
+    ]
+    refs = [
+        {"identifier": i, "contact_id": s.id, "created_at": s.created_at}
+        for s in states
+        if s.status == "active"
+        for i in dict.fromkeys(s.identifiers)
+    ]
+    for table, rows in ((contact_tags, tags), (contact_attributes, attrs), (identifiers, refs)):
+        if rows:
+            await conn.execute(insert(table), rows)
+
+
+async def resolve(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, str]:
+    """Identifier -> contact id; where several contacts hold one, the oldest wins."""
+    wanted = list(set(refs))
+    if not wanted:
+        return {}
+    query = (
+        select(identifiers.c.identifier, identifiers.c.contact_id)
+        .where(identifiers.c.identifier.in_(wanted))
+        .order_by(identifiers.c.created_at.desc(), identifiers.c.contact_id.desc())
+    )
+    return {row.identifier: row.contact_id for row in await conn.execute(query)}
+
+
+async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str | None]:
+    """Contact id -> the id it was merged into (None when active), for existing contacts."""
+    wanted = list(set(ids))
+    if not wanted:
+        return {}
+    query = select(contacts.c.id, contacts.c.merged_into).where(contacts.c.id.in_(wanted))
+    return {row.id: row.merged_into for row in await conn.execute(query)}
+
+
+async def survivor_of(conn: AsyncConnection, contact_id: str) -> str | None:
+    """Follow merges to the contact that stands for this one today (None if unknown)."""
+    current, seen = contact_id, set()
+    while current not in seen:
+        seen.add(current)
+        merged_into = (await statuses(conn, [current])).get(current, "missing")
+        if merged_into == "missing":
+            return None
+        if merged_into is None:
+            return current
+        current = merged_into
+    return current
+
+
+async def absorbed(conn: AsyncConnection, contact_id: str) -> list[str]:
+    """This contact and every contact merged into it, directly or through others."""
+    found, frontier = [contact_id], [contact_id]
+    while frontier:
+        query = select(contacts.c.id).where(contacts.c.merged_into.in_(frontier))
+        frontier = [i for i in (await conn.execute(query)).scalars() if i not in found]
+        found += frontier
+    return found
+
+
+def attribute_text(value: Any) -> str:
+    """How an attribute is compared in filters: its JSON text (`5`, `true`, `"gold"` -> gold)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _row(state: Contact) -> dict[str, Any]:
+    p = state.profile
+    text = " ".join(
+        str(x)
+        for x in (p.get("first_name"), p.get("last_name"), p.get("company"), *p.get("emails", []))
+        if x
+    )
+    return {
+        "id": state.id,
+        "version": state.version,
+        "status": state.status,
+        "merged_into": state.merged_into,
+        "origin": state.origin,
+        "first_name": p.get("first_name"),
+        "last_name": p.get("last_name"),
+        "company": p.get("company"),
+        "country": p.get("country"),
+        "region": p.get("region"),
+        "city": p.get("city"),
+        "source": p.get("source"),
+        "channel": p.get("channel"),
+        "search": text.lower(),
+        "profile": p,
+        "consent": state.consent,
+        "external_ids": list(state.external_ids),
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+    }

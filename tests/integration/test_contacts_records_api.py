@@ -1,0 +1,281 @@
+"""Contact records over HTTP: create, read, change, list, history, consent, merge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from fastapi import FastAPI
+
+from contacts.bootstrap import create_app
+from contacts.settings import ContactsSettings
+from tests.support.apps import api_client
+from tests.support.events import purchase_json
+
+ADA = {
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "emails": ["ada@example.com"],
+    "country": "GB",
+    "company": "Engines Ltd",
+    "tags": ["vip"],
+    "attributes": {"plan": "gold", "seats": 5},
+    "source": "webinar",
+}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(create_app(ContactsSettings(database_url=database_url))) as client:
+        yield client
+
+
+async def create(client: httpx.AsyncClient, body: dict[str, Any], **params: Any) -> dict[str, Any]:
+    response = await client.post("/v1/contacts", json=body, params=params)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def test_a_created_contact_reads_back_with_its_etag_and_location(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/v1/contacts", json={**ADA, "phones": ["020 7946 0958"]})
+    assert response.status_code == 201
+    contact = response.json()
+    assert response.headers["ETag"] == '"1"'
+    assert response.headers["Location"] == f"/v1/contacts/{contact['id']}"
+    got = await client.get(f"/v1/contacts/{contact['id']}")
+    assert got.json() == contact and got.headers["ETag"] == '"1"'
+    assert contact["profile"]["phones"] == ["+442079460958"]
+
+
+async def test_bad_fields_get_a_422_problem_naming_them(client: httpx.AsyncClient) -> None:
+    cases = [
+        ({"emails": ["nope"]}, "body.emails"),
+        ({"time_zone": "Mars/Olympus"}, "body.time_zone"),
+        ({"colour": "red"}, "body.colour"),
+        ({"phones": ["+1 555"]}, "body.phones"),
+        ({"external_ids": ["noseparator"]}, "external_ids"),
+    ]
+    for body, field in cases:
+        response = await client.post("/v1/contacts", json=body)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert response.headers["content-type"] == "application/problem+json"
+        assert field in (problem.get("field"), problem.get("errors", [{}])[0].get("field"))
+
+
+async def test_an_idempotency_key_makes_a_retry_return_the_first_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = {"Idempotency-Key": "k-1"}
+    first = await client.post("/v1/contacts", json={"first_name": "Bo"}, headers=headers)
+    again = await client.post("/v1/contacts", json={"first_name": "Bo"}, headers=headers)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = await client.post("/v1/contacts", json={"first_name": "Cy"}, headers=headers)
+    assert other.status_code == 422 and "different body" in other.json()["detail"]
+    listed = (await client.get("/v1/contacts")).json()["items"]
+    assert len(listed) == 1
+
+
+async def test_a_known_email_is_a_conflict_unless_a_duplicate_is_wanted(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    response = await client.post("/v1/contacts", json={"emails": ["ADA@example.com"]})
+    assert response.status_code == 409
+    assert response.json()["existing_contact_id"] == ada["id"]
+    await create(client, {"emails": ["ada@example.com"]}, allow_duplicate="true")
+
+
+async def test_a_patch_with_the_current_etag_applies_and_a_stale_one_gets_412(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    url = f"/v1/contacts/{ada['id']}"
+    patch = {"city": "London", "company": None, "attributes": {"seats": 6}}
+    ok = await client.patch(
+        url, json=patch, headers={"If-Match": '"1"', "content-type": "application/merge-patch+json"}
+    )
+    assert ok.status_code == 200 and ok.headers["ETag"] == '"2"'
+    profile = ok.json()["profile"]
+    assert profile["city"] == "London" and profile["company"] is None
+    assert profile["attributes"] == {"plan": "gold", "seats": 6}
+    stale = await client.patch(url, json={"city": "Paris"}, headers={"If-Match": '"1"'})
+    assert stale.status_code == 412 and stale.json()["current_version"] == 2
+    assert (await client.get(url)).json()["profile"]["city"] == "London"
+    bad = await client.patch(url, json={"phones": ["not a phone"]})
+    assert bad.status_code == 422 and bad.json()["field"] == "phones"
+
+
+async def test_concurrent_patches_with_one_etag_let_exactly_one_win(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    url = f"/v1/contacts/{ada['id']}"
+    responses = await asyncio.gather(
+        *(
+            client.patch(url, json={"city": f"City {i}"}, headers={"If-Match": '"1"'})
+            for i in range(8)
+        )
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) == 1 and set(codes) <= {200, 409, 412}
+    assert (await client.get(url)).json()["version"] == 2
+
+
+async def test_a_contact_reads_as_it_was_at_a_past_time_and_its_history_lists_changes(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    url = f"/v1/contacts/{ada['id']}"
+    await client.patch(url, json={"city": "Paris"}, headers={"X-Actor": "agent-7"})
+    then = (await client.get(url, params={"as_of": ada["created_at"]})).json()
+    assert (then["version"] == 1 and "city" not in then["profile"]) or then["profile"][
+        "city"
+    ] is None
+    before = await client.get(url, params={"as_of": "2000-01-01T00:00:00Z"})
+    assert before.status_code == 404
+    history = (await client.get(f"{url}/history")).json()
+    assert [h["type"] for h in history] == ["crm.contact.created.v1", "crm.contact.updated.v1"]
+    assert history[1]["actor"] == "agent-7"
+    assert {"field": "city", "from": None, "to": "Paris"} in history[1]["changes"]
+
+
+async def test_listing_filters_and_pages_stably(client: httpx.AsyncClient) -> None:
+    for i in range(5):
+        await create(
+            client,
+            {
+                "first_name": f"P{i}",
+                "country": "FR" if i % 2 else "DE",
+                "tags": ["a"] if i < 3 else ["b"],
+                "attributes": {"n": i},
+                "emails": [f"p{i}@example.com"],
+                "company": "Acme",
+            },
+        )
+    seen, cursor = [], None
+    while True:
+        page = (
+            await client.get(
+                "/v1/contacts", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+            )
+        ).json()
+        seen += [c["profile"]["first_name"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ["P0", "P1", "P2", "P3", "P4"]
+
+    async def names(**params: Any) -> list[str]:
+        items = (await client.get("/v1/contacts", params=params)).json()["items"]
+        return [c["profile"]["first_name"] for c in items]
+
+    assert await names(country="fr") == ["P1", "P3"]
+    assert await names(tag="a", country="DE") == ["P0", "P2"]
+    assert await names(attribute="n:4") == ["P4"]
+    assert await names(q="p3@exa") == ["P3"]
+    assert await names(ref="email:P2@Example.com") == ["P2"]
+    bad = await client.get("/v1/contacts", params={"cursor": "garbage"})
+    assert bad.status_code == 422 and bad.json()["field"] == "cursor"
+
+
+async def test_consent_changes_are_recorded_per_channel(client: httpx.AsyncClient) -> None:
+    ada = await create(client, ADA)
+    url = f"/v1/contacts/{ada['id']}/consent"
+    granted = await client.put(f"{url}/email", json={"status": "granted", "source": "form"})
+    assert granted.status_code == 200
+    assert granted.json()["consent"]["email"]["status"] == "granted"
+    early = await client.put(f"{url}/sms", json={"status": "revoked", "source": "form"})
+    assert early.status_code == 409
+    unknown = await client.put(f"{url}/pigeon", json={"status": "granted", "source": "form"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "channel"
+
+
+async def test_duplicates_merge_and_unmerge(client: httpx.AsyncClient) -> None:
+    ada = await create(client, ADA)
+    twin = await create(
+        client,
+        {
+            "first_name": "Ada",
+            "last_name": "Lovelace.",
+            "company": "ENGINES LTD",
+            "emails": ["countess@example.com"],
+            "city": "Marylebone",
+        },
+    )
+    dup = await create(client, {"emails": ["ada@example.com"]}, allow_duplicate="true")
+    found = (await client.get(f"/v1/contacts/{ada['id']}/duplicates")).json()
+    reasons = {d["contact_id"]: d["reasons"] for d in found}
+    assert reasons[dup["id"]] == ["same email ada@example.com"]
+    assert reasons[twin["id"]][0].startswith("similar name at the same company")
+
+    await client.post("/v1/events", json=purchase_json("email:countess@example.com", day=1))
+    merged = await client.post(
+        f"/v1/contacts/{ada['id']}/merge",
+        json={"others": [twin["id"]], "fields": {"city": twin["id"]}},
+    )
+    assert merged.status_code == 200, merged.text
+    survivor = merged.json()["profile"]
+    assert survivor["city"] == "Marylebone"
+    assert survivor["emails"] == ["ada@example.com", "countess@example.com"]
+    loser = (await client.get(f"/v1/contacts/{twin['id']}")).json()
+    assert (loser["status"], loser["merged_into"]) == ("merged", ada["id"])
+    ref = (await client.get("/v1/contacts", params={"ref": "email:countess@example.com"})).json()
+    assert [c["id"] for c in ref["items"]] == [ada["id"]]
+    later = (await client.post("/v1/events", json=purchase_json(twin["id"], day=2))).json()
+    assert later["contact_id"] == ada["id"]
+    timeline = (await client.get(f"/v1/contacts/{ada['id']}/timeline")).json()["items"]
+    assert len(timeline) == 2
+
+    again = await client.post(f"/v1/contacts/{ada['id']}/merge", json={"others": [twin["id"]]})
+    assert again.status_code == 409
+    undone = await client.post(f"/v1/contacts/{ada['id']}/unmerge", json={"contact_id": twin["id"]})
+    assert undone.status_code == 200
+    assert undone.json()["profile"]["emails"] == ["ada@example.com"]
+    assert "city" not in undone.json()["profile"] or undone.json()["profile"]["city"] is None
+    restored = (await client.get(f"/v1/contacts/{twin['id']}")).json()
+    assert restored["status"] == "active"
+    ref = (await client.get("/v1/contacts", params={"ref": "email:countess@example.com"})).json()
+    assert [c["id"] for c in ref["items"]] == [twin["id"]]
+
+
+async def test_an_unknown_identifier_creates_a_prospect_found_by_it_next_time(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await client.post("/v1/events", json=purchase_json("email:new@shop.com"))).json()
+    second = (await client.post("/v1/events", json=purchase_json("email:NEW@shop.com"))).json()
+    third = (await client.post("/v1/events", json=purchase_json("ext:shop:77"))).json()
+    assert first["contact_id"] == second["contact_id"] != third["contact_id"]
+    prospect = (await client.get(f"/v1/contacts/{first['contact_id']}")).json()
+    assert prospect["origin"] == "ingestion"
+    assert prospect["profile"]["emails"] == ["new@shop.com"]
+    bad = await client.post("/v1/events", json=purchase_json("email:not-an-address"))
+    assert bad.status_code == 422 and bad.json()["field"] == "subject"
+
+
+async def test_the_event_catalogue_serves_json_schemas(client: httpx.AsyncClient) -> None:
+    catalogue = (await client.get("/v1/schemas")).json()["types"]
+    assert "crm.purchase.completed.v1" in [t["type"] for t in catalogue]
+    one = (await client.get("/v1/schemas/crm.purchase.completed.v1")).json()
+    assert "amount" in one["schema"]["properties"]
+    assert (await client.get("/v1/schemas/crm.nope.v1")).status_code == 404
+
+
+async def test_with_unknown_customers_rejected_an_unknown_subject_is_refused(
+    database_url: str,
+) -> None:
+    settings = ContactsSettings(database_url=database_url, unknown_customers="reject")
+    app: FastAPI = create_app(settings)
+    async with api_client(app) as client:
+        response = await client.post("/v1/events", json=purchase_json("email:who@x.com"))
+        assert response.status_code == 422
+        assert "no contact is known by 'email:who@x.com'" in response.json()["detail"]
+        ada = await create(client, ADA)
+        known = await client.post("/v1/events", json=purchase_json("email:ada@example.com"))
+        assert known.status_code == 202 and known.json()["contact_id"] == ada["id"]
