@@ -18,7 +18,7 @@ from contacts.settings import ContactsSettings
 from contacts.store.tables import core
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
-from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND
+from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND, OUTREACH
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DESCRIPTION = (
@@ -53,6 +53,7 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         unknown_customers=settings.unknown_customers,
     )
     runtime.subscribe("inbound", [INBOUND], ingestor.on_inbound)
+    runtime.subscribe("outreach", [OUTREACH], ingestor.on_outreach)
     app = create_service_app(
         runtime,
         title="CRM contacts",

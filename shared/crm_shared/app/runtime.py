@@ -110,6 +110,7 @@ class Runtime:
             self.metrics,
             batch_size=self.settings.relay_batch_size,
             poll_interval=self.settings.relay_poll_interval_ms / 1000,
+            topic_prefix=self.settings.topic_prefix,
         )
         self.relay = relay
         self._spawn("relay", relay.run)

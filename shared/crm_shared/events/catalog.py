@@ -106,6 +106,39 @@ class OutreachResponded(EventData):
     action: Literal["opened", "clicked", "replied"]
 
 
+OutreachChannel = Literal["email", "sms", "push", "webhook", "log"]
+
+
+@CATALOG.register("crm.outreach.sent.v1")
+class OutreachSent(EventData):
+    """A retention message went out to the customer."""
+
+    delivery_id: str = Field(min_length=1, max_length=200)
+    rule_id: str = Field(min_length=1, max_length=200)
+    channel: OutreachChannel
+    template: str | None = Field(default=None, max_length=200)
+
+
+@CATALOG.register("crm.outreach.suppressed.v1")
+class OutreachSuppressed(EventData):
+    """A retention message was not sent, and why (no consent, capped, cancelled, ...)."""
+
+    delivery_id: str = Field(min_length=1, max_length=200)
+    rule_id: str = Field(min_length=1, max_length=200)
+    channel: OutreachChannel
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@CATALOG.register("crm.outreach.failed.v1")
+class OutreachFailed(EventData):
+    """Sending a retention message failed."""
+
+    delivery_id: str = Field(min_length=1, max_length=200)
+    rule_id: str = Field(min_length=1, max_length=200)
+    channel: OutreachChannel
+    error: str = Field(min_length=1, max_length=2000)
+
+
 @CATALOG.register("crm.customer.registered.v1")
 class CustomerRegistered(EventData):
     """A person became known: signed up, left details, or was imported."""

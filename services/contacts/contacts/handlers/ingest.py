@@ -96,9 +96,9 @@ class Ingestor:
         raise AssertionError("unreachable")
 
     async def store(
-        self, conn: AsyncConnection, events: Sequence[Event[EventData]]
+        self, conn: AsyncConnection, events: Sequence[Event[EventData]], *, publish: bool = True
     ) -> list[Outcome]:
-        """Append what is new; return an outcome per event, in order."""
+        """Append what is new (and publish it unless told not to); an outcome per event."""
         known = await self._store.known_ids(conn, [e.id for e in events])
         outcomes: list[Outcome] = []
         fresh: list[tuple[int, Event[EventData], str]] = []
@@ -123,7 +123,7 @@ class Ingestor:
             else:
                 outcomes[index] = Outcome(event.id, "accepted", contact_id=owner)
                 accepted.append(_canonical(event, owner))
-        await self._append(conn, accepted)
+        await self._append(conn, accepted, publish=publish)
         return outcomes
 
     async def on_inbound(
@@ -132,6 +132,14 @@ class Ingestor:
         """Consumer handler for `crm.inbound`; returns the rejected events' reasons, which
         the consumer sends to `crm.inbound.dlq`."""
         outcomes = await self.store(conn, events)
+        return {o.id: o.reason or "rejected" for o in outcomes if o.status == "rejected" and o.id}
+
+    async def on_outreach(
+        self, conn: AsyncConnection, events: list[Event[EventData]]
+    ) -> dict[str, str]:
+        """Consumer handler for `crm.outreach`: outreach joins the customer's timeline; it is
+        not published again (it is on Kafka already)."""
+        outcomes = await self.store(conn, events, publish=False)
         return {o.id: o.reason or "rejected" for o in outcomes if o.status == "rejected" and o.id}
 
     async def _owners(self, conn: AsyncConnection, idents: set[str]) -> dict[str, str]:
@@ -158,15 +166,16 @@ class Ingestor:
         created = await self._contacts.create_many(conn, items, origin="ingestion", actor=None)
         return {ident: state.id for ident, state in zip(idents, created, strict=True)}
 
-    async def _append(self, conn: AsyncConnection, accepted: list[CloudEvent]) -> None:
+    async def _append(
+        self, conn: AsyncConnection, accepted: list[CloudEvent], *, publish: bool
+    ) -> None:
         now = self._clock()
-        assert all(e.subject for e in accepted)
         await self._store.append_many(
             conn, [(records.timeline_stream(e.subject or ""), e) for e in accepted], now=now
         )
-        await self._outbox.add(
-            conn, [OutgoingMessage(CUSTOMER_EVENTS, e.subject or "", e) for e in accepted], now
-        )
+        if publish:
+            messages = [OutgoingMessage(CUSTOMER_EVENTS, e.subject or "", e) for e in accepted]
+            await self._outbox.add(conn, messages, now)
 
 
 def _canonical(event: Event[EventData], contact_id: str) -> CloudEvent:
