@@ -44,7 +44,62 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    _document_problems(app)
     return app
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "field": {"type": "string", "description": "the input at fault, when there is one"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Declare every error response as `application/problem+json`, as it is served, and the
+    400 (unreadable body) and 422 (invalid input) any operation can answer."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                _problem_responses(operation)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problem_responses(operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    if operation.get("requestBody") or operation.get("parameters"):
+        responses.setdefault("422", {"description": "invalid input; the problem names it"})
+    if operation.get("requestBody"):
+        responses.setdefault("400", {"description": "the body cannot be read"})
+    for status, response in responses.items():
+        if status[0] in "45":
+            response["content"] = {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -88,4 +88,5 @@ def _field_error(error: Any) -> dict[str, str]:
         field = f"{where}.{'.'.join(rest)}" if rest else where
     else:
         field = ".".join(location)
-    return {"field": field, "message": str(error.get("msg", "invalid"))}
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return {"field": field, "message": message}
