@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -34,6 +34,9 @@ help:
 	@echo "make test-postgres      storage tests on PostgreSQL (CRM_TEST_POSTGRES_URL)"
 	@echo "make lint               ruff check, format check and mypy --strict"
 	@echo "make migrate            apply every service's migrations to its database"
+	@echo "make bench              throughput, latency and memory of contacts + lifecycle on a"
+	@echo "                        fresh embedded broker; JSON in bench/results/"
+	@echo "                        (ARGS=\"--events 100000 --customers 10000\", see bench/README.md)"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -71,6 +74,9 @@ migrate: install
 	  echo "migrating $$svc"; \
 	  CRM_DATA_DIR="$(DATA_DIR)" CRM_DATABASE_URL="$$url" uv run crm-$$svc migrate; \
 	done
+
+bench: install
+	uv run python -m bench.throughput $(ARGS)
 
 clean:
 	rm -rf var/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -114,14 +115,23 @@ def _process_state(pid: int | None) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _state_becomes(pid: int | None, *states: str, within: float = 2.0) -> bool:
+    deadline = time.monotonic() + within
+    while _process_state(pid) not in states:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 async def test_a_paused_broker_answers_again_once_resumed(unique: str) -> None:
     with Broker() as own:
         await _produce(own.bootstrap, f"pause.{unique}", b"k", b"before")
 
         own.pause()
-        assert _process_state(own.pid) == "T"
+        assert _state_becomes(own.pid, "T")  # signals are delivered asynchronously
         own.resume()
 
-        assert _process_state(own.pid) != "T"
+        assert _state_becomes(own.pid, "R", "S")
         await _produce(own.bootstrap, f"pause.{unique}", b"k", b"after")

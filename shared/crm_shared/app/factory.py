@@ -102,7 +102,8 @@ def _problem_responses(operation: dict[str, Any]) -> None:
             }
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """The service runtime (async: a plain function would run in the thread pool)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

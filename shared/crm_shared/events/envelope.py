@@ -7,7 +7,6 @@ model by the registry.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -111,10 +110,15 @@ def parse_envelope(raw: Any) -> CloudEvent:
 def decode_envelope(payload: bytes | str) -> CloudEvent:
     """Decode structured-mode JSON bytes into a CloudEvent."""
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    return parse_envelope(raw)
+        # Parsing and validating in one pass (pydantic-core) is the consumers' hot path.
+        return CloudEvent.model_validate_json(payload)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise InvalidEvent(f"not valid JSON: {error['msg']}") from None
+        if error["type"] == "model_type" and not error["loc"]:
+            raise InvalidEvent("an event must be a JSON object") from None
+        raise _first_error(exc) from None
 
 
 def _first_error(exc: ValidationError, prefix: str = "") -> InvalidEvent:

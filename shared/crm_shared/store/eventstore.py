@@ -100,9 +100,9 @@ class EventStore:
         stream_id: str | None,
         expected: int | None,
     ) -> None:
+        # No savepoint: a conflict aborts the whole unit of work, which the caller retries.
         try:
-            async with conn.begin_nested():
-                await conn.execute(insert(self._t), rows)
+            await conn.execute(insert(self._t), rows)
         except IntegrityError as exc:
             if "event_id" in str(exc.orig).lower():
                 raise DuplicateEventError(str(exc.orig)) from None

@@ -30,7 +30,7 @@ from crm_shared.app.problems import Problem
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 
 
-def get_service(request: Request) -> ContactService:
+async def get_service(request: Request) -> ContactService:
     service: ContactService = request.app.state.contacts
     return service
 

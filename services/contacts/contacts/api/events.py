@@ -17,12 +17,12 @@ from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
-def get_ingestor(request: Request) -> Ingestor:
+async def get_ingestor(request: Request) -> Ingestor:
     ingestor: Ingestor = request.app.state.ingestor
     return ingestor
 
 
-def get_settings(request: Request) -> ContactsSettings:
+async def get_settings(request: Request) -> ContactsSettings:
     settings: ContactsSettings = request.app.state.runtime.settings
     return settings
 
@@ -94,7 +94,7 @@ async def post_events(
     when it is a duplicate and 422 when rejected.
     """
     media = _media_type(request)
-    body = await _read_body(request, settings.ingest_max_bytes)
+    body, size = await _read_body(request, settings.ingest_max_bytes)
     batch = _is_batch(media, body)
     items = body if isinstance(body, list) else [body]
     if batch and not items:
@@ -104,14 +104,14 @@ async def post_events(
             413,
             f"a batch holds at most {settings.ingest_max_events} events; this one has {len(items)}",
         )
-    outcomes = await ingestor.ingest(items)
+    outcomes = await ingestor.ingest(items, body_bytes=size)
     request.app.state.runtime.wake_relay()
     if batch:
         return JSONResponse(_batch(outcomes).model_dump(), status_code=200)
     return _single(outcomes[0])
 
 
-async def _read_body(request: Request, limit: int) -> Any:
+async def _read_body(request: Request, limit: int) -> tuple[Any, int]:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise Problem(413, f"the body exceeds {limit} bytes")
@@ -121,7 +121,7 @@ async def _read_body(request: Request, limit: int) -> Any:
         if len(raw) > limit:
             raise Problem(413, f"the body exceeds {limit} bytes")
     try:
-        return json.loads(raw)
+        return json.loads(raw), len(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
 

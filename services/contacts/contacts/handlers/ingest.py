@@ -63,19 +63,23 @@ class Ingestor:
         self._max_event_bytes = max_event_bytes
         self._unknown = unknown_customers
 
-    def validate(self, raw: Any) -> Event[EventData]:
+    def validate(self, raw: Any, *, check_size: bool = True) -> Event[EventData]:
         """One decoded JSON value as a typed event, or InvalidEvent naming the field."""
-        if self._max_event_bytes and len(json.dumps(raw, default=str)) > self._max_event_bytes:
+        if check_size and len(json.dumps(raw, default=str)) > self._max_event_bytes:
             raise InvalidEvent(f"event larger than {self._max_event_bytes} bytes")
         return self._registry.validate(parse_envelope(raw))
 
-    async def ingest(self, raw_events: Sequence[Any]) -> list[Outcome]:
+    async def ingest(
+        self, raw_events: Sequence[Any], *, body_bytes: int | None = None
+    ) -> list[Outcome]:
         """Validate and store a batch from HTTP; one outcome per event, in order."""
+        # A body within the per-event limit cannot hold an event over it: skip re-encoding.
+        check_size = body_bytes is None or body_bytes > self._max_event_bytes
         outcomes: list[Outcome | None] = []
         valid: list[tuple[int, Event[EventData]]] = []
         for index, raw in enumerate(raw_events):
             try:
-                valid.append((index, self.validate(raw)))
+                valid.append((index, self.validate(raw, check_size=check_size)))
                 outcomes.append(None)
             except InvalidEvent as exc:
                 outcomes.append(Outcome(_id_of(raw), "rejected", exc.reason, exc.field))

@@ -1,0 +1,1 @@
+"""Benchmarks of the CRM backend; `python -m bench.throughput --help` (or `make bench`)."""

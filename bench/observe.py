@@ -1,0 +1,255 @@
+"""What a benchmark watches: the services' /metrics, and CPU and memory from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CONSUMED = "crm_events_consumed_total"
+PUBLISHED = "crm_events_published_total"
+DUPLICATES = "crm_events_duplicate_total"
+DEAD_LETTERED = "crm_events_dead_lettered_total"
+RELAY_FAILURES = "crm_relay_failures_total"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+BATCH_COUNT = "crm_consumer_batch_seconds_count"
+BATCH_SUM = "crm_consumer_batch_seconds_sum"
+HTTP_COUNT = "crm_http_request_duration_seconds_count"
+HTTP_SUM = "crm_http_request_duration_seconds_sum"
+EVENTS_ROUTE = 'route="/v1/events"'
+
+
+def metric_sum(text: str, name: str, having: str = "") -> float:
+    """Sum of the samples of `name` in a Prometheus text exposition.
+
+    All label sets count, or only those whose labels contain `having` (`route="/x"`).
+    """
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            if having in line.rsplit(" ", 1)[0]:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def read_metrics(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    response.raise_for_status()
+    return response.text
+
+
+async def counters(client: httpx.AsyncClient, names: Sequence[str]) -> dict[str, float]:
+    text = await read_metrics(client)
+    return {name: metric_sum(text, name) for name in names}
+
+
+@dataclass
+class Progress:
+    """When each watched counter reached its target, seconds after the phase's start."""
+
+    reached: dict[str, float | None]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return all(t is not None for t in self.reached.values())
+
+
+class Watcher:
+    """Polls /metrics of lifecycle (every tick) and contacts (every other tick).
+
+    Targets are deltas from the counters' values when the watcher was made, so whatever a
+    service had counted before a phase does not count.
+    """
+
+    def __init__(
+        self,
+        lifecycle: httpx.AsyncClient,
+        contacts: httpx.AsyncClient,
+        *,
+        interval: float = 0.05,
+        sample_every: float = 0.5,
+    ) -> None:
+        self._lifecycle, self._contacts = lifecycle, contacts
+        self._interval, self._sample_every = interval, sample_every
+        self._base: dict[str, float] = {}
+
+    async def snapshot(self) -> None:
+        """Remember the counters now; later targets count from here."""
+        lc = await counters(self._lifecycle, [CONSUMED])
+        ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
+        self._base = {"lifecycle.consumed": lc[CONSUMED]} | {
+            f"contacts.{k}": v
+            for k, v in (("consumed", ct[CONSUMED]), ("published", ct[PUBLISHED]))
+        }
+
+    async def until(self, targets: Mapping[str, float], start: float, deadline: float) -> Progress:
+        """Poll until every target (`lifecycle.consumed`, `contacts.published`...) is met."""
+        progress = Progress(reached=dict.fromkeys(targets))
+        tick, next_sample = 0, start
+        while time.perf_counter() < deadline and not progress.complete:
+            values = await self._read(contacts=tick % 2 == 0 or tick < 2)
+            now = time.perf_counter()
+            progress.last.update(values)
+            for name, target in targets.items():
+                if progress.reached[name] is None and values.get(name, -1) >= target:
+                    progress.reached[name] = now - start
+            if now >= next_sample:
+                progress.samples.append(
+                    (round(now - start, 3), values.get("lifecycle.consumed", math.nan))
+                )
+                next_sample = now + self._sample_every
+            tick += 1
+            await asyncio.sleep(self._interval)
+        return progress
+
+    async def current(self) -> dict[str, float]:
+        """The watched counters now, as deltas from the snapshot."""
+        return await self._read(contacts=True)
+
+    async def _read(self, *, contacts: bool) -> dict[str, float]:
+        values: dict[str, float] = {}
+        try:
+            lc = await counters(self._lifecycle, [CONSUMED])
+            values["lifecycle.consumed"] = lc[CONSUMED] - self._base["lifecycle.consumed"]
+            if contacts:
+                ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
+                values["contacts.consumed"] = ct[CONSUMED] - self._base["contacts.consumed"]
+                values["contacts.published"] = ct[PUBLISHED] - self._base["contacts.published"]
+        except httpx.HTTPError:
+            pass  # a slow answer under load; the next tick asks again
+        return values
+
+
+class ServerStats:
+    """Consumer batches and server-side POST time of the services over one phase."""
+
+    def __init__(self, lifecycle: httpx.AsyncClient, contacts: httpx.AsyncClient) -> None:
+        self._lifecycle, self._contacts = lifecycle, contacts
+        self._before: dict[str, float] = {}
+
+    async def _read(self) -> dict[str, float]:
+        lc, ct = await read_metrics(self._lifecycle), await read_metrics(self._contacts)
+        return {
+            "lifecycle.batches": metric_sum(lc, BATCH_COUNT),
+            "lifecycle.batch_s": metric_sum(lc, BATCH_SUM),
+            "lifecycle.events": metric_sum(lc, CONSUMED),
+            "contacts.batches": metric_sum(ct, BATCH_COUNT),
+            "contacts.batch_s": metric_sum(ct, BATCH_SUM),
+            "contacts.events": metric_sum(ct, CONSUMED),
+            "contacts.posts": metric_sum(ct, HTTP_COUNT, EVENTS_ROUTE),
+            "contacts.post_s": metric_sum(ct, HTTP_SUM, EVENTS_ROUTE),
+        }
+
+    async def start(self) -> None:
+        self._before = await self._read()
+
+    async def stop(self) -> dict[str, Any]:
+        """Batches applied, events per batch, mean ms per batch, mean server ms per POST."""
+        after = await self._read()
+        d = {k: after[k] - self._before.get(k, 0.0) for k in after}
+        out: dict[str, Any] = {}
+        for service in ("lifecycle", "contacts"):
+            batches = d[f"{service}.batches"]
+            if batches:
+                out[f"{service}_batches"] = int(batches)
+                out[f"{service}_events_per_batch"] = round(d[f"{service}.events"] / batches, 1)
+                out[f"{service}_batch_ms_mean"] = round(1000 * d[f"{service}.batch_s"] / batches, 1)
+        if d["contacts.posts"]:
+            out["contacts_posts"] = int(d["contacts.posts"])
+            out["contacts_post_server_ms_mean"] = round(
+                1000 * d["contacts.post_s"] / d["contacts.posts"], 1
+            )
+        return out
+
+
+# --- /proc ---
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set) and VmRSS of a process, in KiB."""
+    out: dict[str, int] = {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class CpuMeter:
+    """CPU seconds each process used between `start()` and `stop()`."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._before: dict[str, float | None] = {}
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Per process: CPU seconds used and that as a percentage of one core."""
+        wall = max(time.perf_counter() - self._started, 1e-9)
+        out = {}
+        for name, pid in self._pids.items():
+            before, after = self._before.get(name), cpu_seconds(pid)
+            if before is not None and after is not None:
+                used = after - before
+                out[name] = {"cpu_s": round(used, 2), "core_pct": round(100 * used / wall, 1)}
+        return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def distribution_ms(seconds: Sequence[float], *, missing: int = 0) -> dict[str, Any]:
+    """p50, p95, p99, mean and max of durations in seconds, in milliseconds.
+
+    `missing` counts values never observed (timed out): they rank above every observed
+    one, and a percentile that falls on them is None (unknown, beyond the timeout). The
+    mean and max are of the observed values.
+    """
+    if not seconds and not missing:
+        return {}
+    ms = sorted(s * 1000 for s in seconds)
+    ranked: list[float] = ms + [math.inf] * missing
+
+    def pick(q: float) -> float | None:
+        value = percentile(ranked, q)
+        return round(value, 1) if math.isfinite(value) else None
+
+    out: dict[str, Any] = {"p50": pick(50), "p95": pick(95), "p99": pick(99)}
+    out["mean"] = round(sum(ms) / len(ms), 1) if ms else None
+    out["max"] = round(ms[-1], 1) if ms else None
+    if missing:
+        out["missing"] = missing
+    return out

@@ -1,0 +1,365 @@
+"""Throughput, latency and memory of contacts + lifecycle on the embedded broker.
+
+One run starts a fresh broker and fresh databases (in a temporary directory), then measures:
+
+1. baseline: a raw aiokafka producer and consumer against the same broker, with records as
+   large as the purchase events contacts publishes;
+2. end to end via HTTP: batches POSTed to contacts until lifecycle applied every event
+   (lifecycle's `crm_events_consumed_total`), and contacts' ingestion rate alone;
+3. end to end via Kafka: the same through `crm.inbound`;
+4. latency: single POSTs at a steady rate, each until its fresh customer's stage reads `new`;
+5. peak RSS (VmHWM) of each process, and CPU used per phase.
+
+It prints a table and writes JSON to `bench/results/throughput-<UTC timestamp>.json`.
+`--profile` samples contacts and lifecycle with py-spy during the HTTP phase.
+
+    .venv/bin/python -m bench.throughput [--events 100000 --customers 10000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and not __package__:  # run as a file: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiokafka
+import httpx
+
+from bench import latency, phases, profiling
+from bench.observe import (
+    CONSUMED,
+    DEAD_LETTERED,
+    DUPLICATES,
+    RELAY_FAILURES,
+    CpuMeter,
+    Watcher,
+    counters,
+    memory_kib,
+)
+from bench.report import print_report
+from bench.workload import Workload, canonical_records, sizes
+from crm_shared.messaging.topics import ALL_TOPICS, ensure_topics
+from crm_shared.testing.broker import Broker
+from crm_shared.testing.stack import Stack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_TOPIC = "bench.baseline"
+SERVICES = ("contacts", "lifecycle")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--events", type=int, default=20_000, help="events per end-to-end phase")
+    p.add_argument("--customers", type=int, default=2_000, help="customers they spread over")
+    p.add_argument("--batch-size", type=int, default=500, help="events per HTTP batch")
+    p.add_argument("--concurrency", type=int, default=4, help="HTTP batch requests in flight")
+    p.add_argument("--baseline-messages", type=int, help="default: max(events, 50000)")
+    p.add_argument("--linger-ms", type=int, default=1, help="linger of the raw producers")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="CRM_FETCH_MAX_WAIT_MS")
+    p.add_argument("--latency-rate", type=float, default=200.0, help="single POSTs per second")
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="for how long")
+    p.add_argument("--poll-interval-ms", type=float, default=10.0, help="stage poll interval")
+    p.add_argument(
+        "--max-poll-rate", type=float, default=400.0, help="stage GETs per second, at most"
+    )
+    p.add_argument(
+        "--latency-timeout", type=float, default=10.0, help="give up on one event after (s)"
+    )
+    p.add_argument(
+        "--phases",
+        default="baseline,http,kafka,latency",
+        help="comma-separated subset of baseline,http,kafka,latency",
+    )
+    p.add_argument("--phase-timeout", type=float, help="default: max(60, events / 200) s")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="http",
+        default="",
+        metavar="PHASES",
+        help="sample contacts and lifecycle with py-spy during these phases (bare: http)",
+    )
+    p.add_argument("--profile-idle", action="store_true", help="include idle (waiting) samples")
+    p.add_argument("--profile-native", action="store_true", help="include C frames (slower)")
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--profile-dir", type=Path, help="default: a temporary directory")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+    p.add_argument("--keep-data", action="store_true", help="keep databases and logs")
+    args = p.parse_args(argv)
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    args.profile = [x.strip() for x in args.profile.split(",") if x.strip()]
+    unknown = set(args.phases + args.profile) - {"baseline", "http", "kafka", "latency"}
+    if unknown:
+        p.error(f"unknown phases {sorted(unknown)}")
+    args.baseline_messages = args.baseline_messages or max(args.events, 50_000)
+    args.phase_timeout = args.phase_timeout or max(60.0, args.events / 200)
+    return args
+
+
+def machine() -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(["git", *argv], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip()
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "aiokafka": aiokafka.__version__,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_files": len(git("status", "--porcelain").splitlines()),
+    }
+
+
+class Run:
+    """One benchmark run: a fresh broker and stack in a temporary directory."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.run_id = uuid.uuid4().hex[:6]
+        self.result: dict[str, Any] = {}
+        self.broker = Broker(log_path=workdir / "logs" / "broker.log")
+        self.stack: Stack | None = None
+
+    async def execute(self) -> dict[str, Any]:
+        args = self.args
+        with self.broker:
+            await ensure_topics(
+                self.broker.bootstrap, [*ALL_TOPICS, BASELINE_TOPIC], partitions=args.partitions
+            )
+            if "baseline" in args.phases:
+                self.result["baseline"] = await self._baseline()
+            self.stack = Stack(
+                SERVICES,
+                bootstrap=self.broker.bootstrap,
+                data_dir=self.workdir,
+                env={
+                    "CRM_FETCH_MAX_WAIT_MS": str(args.fetch_max_wait_ms),
+                    "CRM_TOPIC_PARTITIONS": str(args.partitions),
+                },
+            )
+            await self.stack.start_async()
+            try:
+                await self._end_to_end()
+            finally:
+                self.result["memory"] = self._memory()
+                await self.stack.stop_async()
+        return self.result
+
+    def _pids(self) -> dict[str, int]:
+        pids = {"bench": os.getpid()}
+        if self.broker.pid:
+            pids["broker"] = self.broker.pid
+        if self.stack is not None:
+            pids |= {n: p.pid for n, p in self.stack.processes.items() if p.pid is not None}
+        return pids
+
+    def _check_alive(self) -> None:
+        dead = self.stack.dead() if self.stack is not None else []
+        if dead:
+            raise phases.BenchError(
+                "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
+            )
+
+    def _context(self, contacts: httpx.AsyncClient, lifecycle: httpx.AsyncClient) -> phases.Context:
+        assert self.stack is not None
+        return phases.Context(
+            bootstrap=self.broker.bootstrap,
+            contacts=contacts,
+            lifecycle=lifecycle,
+            watcher=Watcher(lifecycle, contacts),
+            contacts_addr=(self.stack["contacts"].host, self.stack["contacts"].port),
+            lifecycle_addr=(self.stack["lifecycle"].host, self.stack["lifecycle"].port),
+            pids=self._pids(),
+            run_id=self.run_id,
+            linger_ms=self.args.linger_ms,
+            check_alive=self._check_alive,
+        )
+
+    async def _baseline(self) -> dict[str, Any]:
+        args, bootstrap = self.args, self.broker.bootstrap
+        workload = Workload(f"bench-b-{self.run_id}", args.baseline_messages, args.customers)
+        records = canonical_records(workload.generate())
+        meter = CpuMeter(self._pids())
+        produce = await phases.baseline_produce(
+            bootstrap, args.linger_ms, BASELINE_TOPIC, records, meter
+        )
+        deadline = time.perf_counter() + args.phase_timeout
+        consume = await phases.baseline_consume(
+            bootstrap, BASELINE_TOPIC, len(records), meter, deadline
+        )
+        mean = sum(len(v) for _, v in records) / len(records)
+        return {"record_bytes": round(mean, 1), "produce": produce, "consume": consume}
+
+    async def _end_to_end(self) -> None:
+        assert self.stack is not None
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
+        timeout = httpx.Timeout(60.0)
+        async with (
+            httpx.AsyncClient(
+                base_url=self.stack.url("contacts"), limits=limits, timeout=timeout, trust_env=False
+            ) as contacts,
+            httpx.AsyncClient(
+                base_url=self.stack.url("lifecycle"),
+                limits=limits,
+                timeout=timeout,
+                trust_env=False,
+            ) as lifecycle,
+        ):
+            ctx = self._context(contacts, lifecycle)
+            self.result["warm_up"] = await phases.warm_up(ctx, within=60.0)
+            await self._phases(ctx)
+            self.result["counters"] = {
+                "lifecycle": await counters(lifecycle, [CONSUMED, DUPLICATES, DEAD_LETTERED]),
+                "contacts": await counters(contacts, [CONSUMED, DUPLICATES, DEAD_LETTERED])
+                | await counters(contacts, [RELAY_FAILURES]),
+            }
+
+    async def _phases(self, ctx: phases.Context) -> None:
+        args = self.args
+        if "http" in args.phases:
+            workload = Workload(f"bench-h-{self.run_id}", args.events, args.customers)
+            await self._phase(
+                "http",
+                phases.http_end_to_end(
+                    ctx, workload, args.batch_size, args.concurrency, args.phase_timeout
+                ),
+            )
+        if "kafka" in args.phases:
+            workload = Workload(f"bench-k-{self.run_id}", args.events, args.customers)
+            await self._phase("kafka", phases.kafka_end_to_end(ctx, workload, args.phase_timeout))
+        if "latency" in args.phases:
+            await self._phase(
+                "latency",
+                latency.latency(
+                    ctx,
+                    args.latency_rate,
+                    args.latency_seconds,
+                    poll_interval=args.poll_interval_ms / 1000,
+                    max_poll_rate=args.max_poll_rate,
+                    within=args.latency_timeout,
+                ),
+            )
+
+    async def _phase(self, name: str, measure: Coroutine[Any, Any, dict[str, Any]]) -> None:
+        """Run one phase, sampled with py-spy if `--profile` names it."""
+        recordings = self._start_profiles(name)
+        try:
+            self.result[name] = await measure
+        finally:
+            if recordings:
+                self.result.setdefault("profile", {})[name] = self._stop_profiles(recordings)
+
+    def _start_profiles(self, phase: str) -> list[profiling.Recording]:
+        if phase not in self.args.profile or self.stack is None:
+            return []
+        py_spy = profiling.find_py_spy()
+        if py_spy is None:
+            print(
+                "--profile: py-spy not found; `uv tool install py-spy` or `uv pip install py-spy`",
+                file=sys.stderr,
+            )
+            return []
+        out = self.args.profile_dir or Path(tempfile.mkdtemp(prefix="crm-bench-profile-"))
+        return [
+            profiling.start_recording(
+                py_spy,
+                f"{phase}-{name}",
+                pid,
+                out,
+                rate=self.args.profile_rate,
+                idle=self.args.profile_idle,
+                native=self.args.profile_native,
+            )
+            for name, pid in self._pids().items()
+            if name in SERVICES
+        ]
+
+    def _stop_profiles(self, recordings: list[profiling.Recording]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for recording in recordings:
+            path = profiling.stop_recording(recording)
+            if path is None:
+                out[recording.name] = {"error": recording.log.read_text()[-500:]}
+            else:
+                out[recording.name] = {"file": str(path), **profiling.summarize(path)}
+        return out
+
+    def _memory(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {k.replace("Vm", "").lower() + "_mib": round(v / 1024, 1) for k, v in mem.items()}
+            for name, pid in self._pids().items()
+            if (mem := memory_kib(pid))
+        }
+
+
+def save(result: dict[str, Any], results_dir: Path, stamp: str) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"throughput-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM stops the run like Ctrl-C: the finally blocks stop the services and the broker.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    workdir = Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    result: dict[str, Any] = {
+        "benchmark": "throughput",
+        "started_at": started.isoformat(),
+        "command": " ".join(["python -m bench.throughput", *sys.argv[1:]]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": machine(),
+        "event_bytes": sizes(Workload("bench-s", 200, 200).generate()),
+    }
+    run = Run(args, workdir)
+    try:
+        result |= asyncio.run(run.execute())
+    except (Exception, KeyboardInterrupt) as exc:
+        print(f"benchmark aborted: {exc!r}; partial results follow", file=sys.stderr)
+        result |= run.result | {"aborted": repr(exc)[:2000]}
+    finally:
+        result["finished_at"] = datetime.now(UTC).isoformat()
+        if args.keep_data:
+            print(f"databases and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_report(result)
+    if not args.no_save:
+        print(f"\nresults: {save(result, args.results_dir, stamp)}")
+    return 1 if "aborted" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
