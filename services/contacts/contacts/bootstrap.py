@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from contacts.api import errors
 from contacts.api.contacts import router as contacts_router
 from contacts.api.events import router as events_router
+from contacts.api.imports import router as imports_router
 from contacts.api.schemas_catalog import router as schemas_router
 from contacts.api.timeline import router as timeline_router
 from contacts.handlers.ingest import Ingestor
@@ -58,7 +59,7 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         runtime,
         title="CRM contacts",
         description=DESCRIPTION,
-        routers=[contacts_router, events_router, timeline_router, schemas_router],
+        routers=[contacts_router, events_router, timeline_router, schemas_router, imports_router],
         state={"ingestor": ingestor, "contacts": contacts},
     )
     errors.install(app)

@@ -16,6 +16,7 @@ class ContactsSettings(ServiceSettings):
     ingest_max_events: int = Field(default=1000, ge=1, le=10_000)
     ingest_max_bytes: int = Field(default=1_048_576, ge=1024)
     ingest_max_event_bytes: int = Field(default=262_144, ge=1024)
+    import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     unknown_customers: Literal["create", "reject"] = Field(
         default="create",
         description="an event naming an unknown customer creates a prospect, or is rejected",

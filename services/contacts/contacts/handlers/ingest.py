@@ -27,6 +27,7 @@ from crm_shared.events.envelope import parse_envelope
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from crm_shared.store.db import Database
 from crm_shared.store.eventstore import ConcurrencyError, DuplicateEventError, EventStore
+from crm_shared.store.group_commit import GroupCommit
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 
 Status = Literal["accepted", "duplicate", "rejected"]
@@ -62,6 +63,8 @@ class Ingestor:
         self._clock = clock
         self._max_event_bytes = max_event_bytes
         self._unknown = unknown_customers
+        # Concurrent HTTP requests share transactions: one SQLite writer, many requests.
+        self._group: GroupCommit[Event[EventData], Outcome] = GroupCommit(self._store_with_retry)
 
     def validate(self, raw: Any, *, check_size: bool = True) -> Event[EventData]:
         """One decoded JSON value as a typed event, or InvalidEvent naming the field."""
@@ -83,7 +86,7 @@ class Ingestor:
                 outcomes.append(None)
             except InvalidEvent as exc:
                 outcomes.append(Outcome(_id_of(raw), "rejected", exc.reason, exc.field))
-        stored = await self._store_with_retry([event for _, event in valid])
+        stored = await self._group.submit([event for _, event in valid])
         for (index, _), outcome in zip(valid, stored, strict=True):
             outcomes[index] = outcome
         return [o for o in outcomes if o is not None]

@@ -132,12 +132,20 @@ class ContactService:
     ) -> Contact:
         async with self.db.transaction() as conn:
             state = await self._current(conn, contact_id, if_match)
-            events = domain.update(state, patch, actor=actor)
-            result = await self.apply(
-                conn, [Change(contact_id, e) for e in events], {contact_id: state}, key=contact_id
-            )
+            state = await self.update_in(conn, state, patch, actor=actor)
         self.wake()
-        return result.get(contact_id, state)
+        return state
+
+    async def update_in(
+        self, conn: AsyncConnection, state: Contact, patch: dict[str, Any], *, actor: str | None
+    ) -> Contact:
+        """Apply a merge patch to `state`, as read in the caller's transaction; the new state.
+        Appending at the version read makes a change made meanwhile a ConcurrencyError."""
+        events = domain.update(state, patch, actor=actor)
+        result = await self.apply(
+            conn, [Change(state.id, e) for e in events], {state.id: state}, key=state.id
+        )
+        return result.get(state.id, state)
 
     async def change_consent(
         self,
