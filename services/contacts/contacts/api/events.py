@@ -46,21 +46,45 @@ class BatchOutcome(BaseModel):
     results: list[EventOutcome]
 
 
+EXAMPLE_EVENT: dict[str, Any] = {
+    "specversion": "1.0",
+    "id": "order-1001",
+    "source": "shop",
+    "type": "crm.purchase.completed.v1",
+    "subject": "email:ada@example.com",
+    "time": "2026-11-01T10:00:00Z",
+    "data": {"order_id": "1001", "amount": "49.90", "currency": "EUR", "item_count": 2},
+}
+EXAMPLE_LOGIN: dict[str, Any] = {
+    "specversion": "1.0",
+    "id": "login-77",
+    "source": "app",
+    "type": "crm.session.started.v1",
+    "subject": "ext:app:u-77",
+    "time": "2026-11-02T08:30:00+01:00",
+    "data": {"kind": "login", "channel": "ios"},
+}
+
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/cloudevents+json": {"schema": CloudEvent.model_json_schema()},
+            "application/cloudevents+json": {
+                "schema": CloudEvent.model_json_schema(),
+                "example": EXAMPLE_EVENT,
+            },
             "application/json": {
                 "schema": {
                     "oneOf": [
                         CloudEvent.model_json_schema(),
                         {"type": "array", "items": CloudEvent.model_json_schema()},
                     ]
-                }
+                },
+                "example": EXAMPLE_EVENT,
             },
             BATCH_CONTENT_TYPE: {
-                "schema": {"type": "array", "items": CloudEvent.model_json_schema()}
+                "schema": {"type": "array", "items": CloudEvent.model_json_schema()},
+                "example": [EXAMPLE_EVENT, EXAMPLE_LOGIN],
             },
         },
     }

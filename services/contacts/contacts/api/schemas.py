@@ -124,7 +124,9 @@ class MergeRequest(BaseModel):
 
 
 class UnmergeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"contact_id": "6c1f..."}]}
+    )
 
     contact_id: str = Field(description="the merged contact to restore")
 
