@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -53,11 +54,16 @@ async def test_purchases_posted_over_http_make_an_active_customer_in_lifecycle(
     stack: Stack,
 ) -> None:
     customer = f"c-{uuid.uuid4().hex[:8]}"
+    # Recent purchases: the services run on the wall clock, and old ones would be dormant.
+    start = datetime.now(UTC) - timedelta(days=10)
     async with httpx.AsyncClient(base_url=stack.url("contacts")) as client:
-        first = await client.post("/v1/events", json=purchase_json(customer, day=0))
+        first = await client.post("/v1/events", json=purchase_json(customer, start=start))
         assert first.status_code == 202
         await eventually(lambda: _is(stage_of(stack, customer), "new"), within=30)
-        batch = [purchase_json(customer, day=7), purchase_json(customer, day=9)]
+        batch = [
+            purchase_json(customer, day=7, start=start),
+            purchase_json(customer, day=9, start=start),
+        ]
         response = await client.post(
             "/v1/events", content=json.dumps(batch), headers={"content-type": BATCH_CONTENT_TYPE}
         )
@@ -72,7 +78,7 @@ async def test_events_published_to_the_inbound_topic_reach_lifecycle_and_poison_
     stack: Stack, broker: Broker
 ) -> None:
     customer = f"k-{uuid.uuid4().hex[:8]}"
-    good = json.dumps(purchase_json(customer)).encode()
+    good = json.dumps(purchase_json(customer, start=datetime.now(UTC))).encode()
     poison_id = uuid.uuid4().hex
     poison = json.dumps({"id": poison_id, "specversion": "1.0", "type": "nonsense"}).encode()
     await produce(

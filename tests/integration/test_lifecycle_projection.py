@@ -1,30 +1,33 @@
-"""Lifecycle's projection: consumed batches become stages, transitions and stage-change events."""
+"""Lifecycle's projection on a real database: batches, late events, merges, the sweeper,
+summaries, rebuild and what-if."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
 from crm_shared.app.runtime import Runtime
-from crm_shared.events import CATALOG, CloudEvent
+from crm_shared.events import CATALOG, CloudEvent, Event, EventData
 from crm_shared.messaging.topics import LIFECYCLE
 from lifecycle.bootstrap import create_app
-from lifecycle.handlers.customer_events import CustomerEventsHandler
+from lifecycle.domain.policy import Policy
+from lifecycle.handlers.customer_events import Lifecycle
 from lifecycle.settings import LifecycleSettings
 from tests.support.apps import api_client
-from tests.support.events import login_json, purchase
+from tests.support.events import T0, login_json, purchase
 
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
+WALL = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def app(database_url: str) -> FastAPI:
-    return create_app(LifecycleSettings(database_url=database_url))
+    return create_app(LifecycleSettings(database_url=database_url, clock="event-time"))
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -33,50 +36,172 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def apply(app: FastAPI, events: list[object]) -> None:
+def lifecycle_of(app: FastAPI) -> Lifecycle:
+    lifecycle: Lifecycle = app.state.lifecycle
+    return lifecycle
+
+
+async def apply(app: FastAPI, events: list[Event[EventData]]) -> None:
     runtime: Runtime = app.state.runtime
-    handler = CustomerEventsHandler(runtime.outbox, lambda: NOW)
     async with runtime.db.transaction() as conn:
-        await handler(conn, events)  # type: ignore[arg-type]
+        await lifecycle_of(app).on_customer_events(conn, events)
 
 
-async def test_batches_fold_into_stages_readable_over_http(
+async def published(app: FastAPI) -> list[dict[str, Any]]:
+    runtime: Runtime = app.state.runtime
+    async with runtime.db.read() as conn:
+        pending = await runtime.outbox.pending(conn, limit=1000)
+    assert {(m.topic, m.key) for m in pending} <= {
+        (LIFECYCLE, json.loads(m.payload)["subject"]) for m in pending
+    }
+    return [json.loads(m.payload)["data"] for m in pending]
+
+
+def merge(survivor: str, *others: str) -> Event[EventData]:
+    return CATALOG.validate(
+        CloudEvent.model_validate(
+            {
+                "specversion": "1.0",
+                "id": f"merge-{survivor}",
+                "source": "crm/contacts",
+                "type": "crm.contact.merged.v1",
+                "subject": survivor,
+                "time": T0.isoformat(),
+                "data": {"survivor_id": survivor, "merged_ids": list(others)},
+            }
+        )
+    )
+
+
+async def test_batches_fold_into_stages_and_every_transition_is_published(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     login = CATALOG.validate(CloudEvent.model_validate(login_json("c2")))
     await apply(app, [purchase("c1", day=1), login, purchase("c1", day=3)])
     await apply(app, [purchase("c2", day=4), purchase("c2", day=5)])
     c1 = (await client.get("/v1/customers/c1/stage")).json()
-    c2 = (await client.get("/v1/customers/c2/stage")).json()
     assert (c1["stage"], c1["purchases"]) == ("active", 2)
-    assert (c2["stage"], c2["purchases"]) == ("active", 2)
     transitions = (await client.get("/v1/customers/c2/transitions")).json()
     assert [(t["from_stage"], t["to_stage"], t["reason"]) for t in transitions] == [
         (None, "prospect", "identified"),
         ("prospect", "new", "first_purchase"),
         ("new", "active", "repeat_purchase"),
     ]
+    changes = await published(app)
+    assert len(changes) == 6 and not any(c["correction"] for c in changes)
+    assert changes[-1]["occurred_at"].startswith((T0 + timedelta(days=5)).date().isoformat())
 
 
-async def test_every_transition_is_published_as_a_stage_change_keyed_by_customer(
+async def test_a_late_purchase_is_published_as_corrections_of_the_history(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    first = purchase("c9", day=1, event_id="p1")
-    await apply(app, [first])
-    runtime: Runtime = app.state.runtime
-    async with runtime.db.read() as conn:
-        pending = await runtime.outbox.pending(conn, limit=10)
-    assert [(m.topic, m.key) for m in pending] == [(LIFECYCLE, "c9")] * 2
-    changes = [CATALOG.validate(CloudEvent.model_validate(json.loads(m.payload))) for m in pending]
-    assert [(c.data.from_stage, c.data.to_stage, c.data.caused_by) for c in changes] == [  # type: ignore[attr-defined]
-        (None, "prospect", "p1"),
-        ("prospect", "new", "p1"),
-    ]
-    assert changes[1].time == first.time
+    await apply(app, [purchase("c1", day=0), purchase("c1", day=200)])
+    # day 0: new; silent: dormant at 90, churned at 180; day 200: won back
+    await apply(app, [purchase("c1", day=60, event_id="late")])
+    history = (await client.get("/v1/customers/c1/transitions")).json()
+    assert [t["to_stage"] for t in history] == ["prospect", "new", "active"]
+    assert history[-1]["correction"] and history[-1]["caused_by"] == "late"
+    everything = (
+        await client.get("/v1/customers/c1/transitions", params={"include_superseded": "true"})
+    ).json()
+    assert sum(t["superseded"] for t in everything) == 3  # dormant, churned, won back
+    assert [c["to_stage"] for c in await published(app)][-2:] == ["active", "active"]
 
 
-async def test_an_unknown_customer_is_a_404_problem(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/customers/nobody/stage")
-    assert response.status_code == 404
-    assert response.headers["content-type"] == "application/problem+json"
-    assert "nobody" in response.json()["detail"]
+async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(app, [purchase("s", day=1), purchase("o", day=2)])
+    await apply(app, [merge("s", "o")])
+    survivor = (await client.get("/v1/customers/s/stage")).json()
+    assert (survivor["stage"], survivor["purchases"]) == ("active", 2)
+    assert (await client.get("/v1/customers/o/stage")).status_code == 404
+    counts = (await client.get("/v1/stages/summary")).json()["counts"]
+    assert counts == {"prospect": 0, "new": 0, "active": 1, "dormant": 0, "churned": 0}
+
+
+async def test_the_event_time_clock_moves_silent_customers_as_later_events_arrive(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(app, [purchase("quiet", day=0), purchase("busy", day=1)])
+    await apply(app, [purchase("busy", day=100)])  # the clock is now day 100
+    assert (await client.get("/v1/customers/quiet/stage")).json()["stage"] == "dormant"
+    summary = (
+        await client.get(
+            "/v1/stages/summary", params={"as_of": (T0 + timedelta(days=50)).isoformat()}
+        )
+    ).json()
+    assert summary["counts"]["new"] == 2 and summary["counts"]["dormant"] == 0
+    at_50 = (
+        await client.get(
+            "/v1/customers/quiet/stage", params={"as_of": (T0 + timedelta(days=50)).isoformat()}
+        )
+    ).json()
+    assert at_50["stage"] == "new"
+
+
+async def test_the_wall_clock_sweeper_moves_customers_whose_silence_is_due(
+    database_url: str,
+) -> None:
+    app = create_app(LifecycleSettings(database_url=database_url, clock="wall"))
+    lifecycle = lifecycle_of(app)
+    now = [T0]
+    lifecycle.wall = lambda: now[0]
+    async with api_client(app) as client:
+        await apply(app, [purchase("c1", day=0)])
+        now[0] = T0 + timedelta(days=91)
+        runtime: Runtime = app.state.runtime
+        async with runtime.db.transaction() as conn:
+            assert await lifecycle.sweep(conn) == 1
+        async with runtime.db.transaction() as conn:
+            assert await lifecycle.sweep(conn) == 0  # nothing due until churn
+        stage = (await client.get("/v1/customers/c1/stage")).json()
+        assert stage["stage"] == "dormant"
+        assert stage["next_due"].startswith((T0 + timedelta(days=180)).date().isoformat())
+
+
+async def test_rebuilding_gives_the_state_incremental_processing_gave(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    for day in range(0, 400, 37):
+        await apply(app, [purchase(f"c{day % 5}", day=day), purchase("steady", day=day)])
+    await apply(app, [purchase("c1", day=3, event_id="late-one")])
+    await apply(app, [merge("c2", "c3")])
+    before = await _snapshot(client)
+    result = (await client.post("/v1/admin/rebuild")).json()
+    assert result["customers"] == 5
+    assert await _snapshot(client) == before
+
+
+async def _snapshot(client: httpx.AsyncClient) -> dict[str, Any]:
+    ids = ["c0", "c1", "c2", "c4", "steady"]
+    stages = {i: (await client.get(f"/v1/customers/{i}/stage")).json() for i in ids}
+    history = {
+        i: [
+            (t["from_stage"], t["to_stage"], t["reason"], t["caused_by"], t["occurred_at"])
+            for t in (await client.get(f"/v1/customers/{i}/transitions")).json()
+        ]
+        for i in ids
+    }
+    counts = (await client.get("/v1/stages/summary")).json()
+    return {"stages": stages, "history": history, "counts": counts}
+
+
+async def test_what_if_reports_who_would_move_without_changing_anything(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(
+        app,
+        [purchase("a", day=0), purchase("b", day=0), purchase("b", day=50), purchase("c", day=100)],
+    )
+    stricter = Policy(version="strict", dormant_min_days=30, churn_min_days=60).model_dump()
+    report = (await client.post("/v1/admin/what-if", json=stricter)).json()
+    # clock at day 100: a is dormant (silent 100 > 90 days), b active, c new
+    assert report["policy"] == "strict" and report["changed"] == 1
+    assert report["examples"] == [{"customer_id": "a", "current": "dormant", "what_if": "churned"}]
+    assert report["counts"]["churned"] == {"current": 0, "what_if": 1, "change": 1}
+    assert (await client.get("/v1/customers/a/stage")).json()["stage"] == "dormant"
+    flow = (await client.get("/v1/reports/flow")).json()["flow"]
+    assert flow["prospect"]["new"] == 3
+    cohorts = (await client.get("/v1/reports/cohorts", params={"months": 3})).json()["cohorts"]
+    assert cohorts[0]["customers"] == 2 and cohorts[0]["active_share"][0] == 1.0

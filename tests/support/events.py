@@ -12,7 +12,12 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def purchase_json(
-    customer: str, *, day: int = 0, amount: str = "10.00", event_id: str | None = None
+    customer: str,
+    *,
+    day: float = 0,
+    amount: str = "10.00",
+    event_id: str | None = None,
+    start: datetime = T0,
 ) -> dict[str, Any]:
     """A purchase as another system would send it (CloudEvents structured JSON)."""
     return {
@@ -21,7 +26,7 @@ def purchase_json(
         "source": "test/shop",
         "type": "crm.purchase.completed.v1",
         "subject": customer,
-        "time": (T0 + timedelta(days=day)).isoformat(),
+        "time": (start + timedelta(days=day)).isoformat(),
         "data": {"order_id": uuid.uuid4().hex[:8], "amount": amount, "currency": "EUR"},
     }
 

@@ -65,17 +65,25 @@ class Runtime:
         self._migrations = migrations
         self._topics = with_dlq(topics)
         self._subscriptions: list[Subscription] = []
+        self._periodic: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[BatchConsumer] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._kafka_ready = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
 
     def subscribe(self, name: str, topics: list[str], handler: Handler) -> None:
         """Consume `topics` in batches with `handler`, under inbox name `name`."""
         self._subscriptions.append(Subscription(name, topics, handler))
         self._topics += [t for t in with_dlq(topics) if t not in self._topics]
+
+    def every(
+        self, name: str, seconds: float, work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run `work` every `seconds` while the service runs (started with the Kafka side)."""
+        self._periodic.append((name, seconds, work))
 
     def wake_relay(self) -> None:
         """Call after committing outbox rows, so they go out without waiting for a poll."""
@@ -119,7 +127,19 @@ class Runtime:
             consumer = self._consumer(subscription, self.producer)
             self.consumers.append(consumer)
             self._spawn(f"consumer:{subscription.name}", consumer.run)
+        for name, seconds, work in self._periodic:
+            self._spawn(name, self._repeat(seconds, work))
         self._kafka_ready.set()
+
+    def _repeat(
+        self, seconds: float, work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def loop() -> None:
+            while not self._stopping:
+                await work()
+                await self._pause(seconds)
+
+        return loop
 
     async def _connect(self) -> None:
         s = self.settings
@@ -164,7 +184,12 @@ class Runtime:
             if self.relay is not None:
                 with contextlib.suppress(Exception):
                     await self.relay.refresh_gauges()
-            await asyncio.sleep(5)
+            await self._pause(5)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the service stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
 
     def _spawn(self, name: str, target: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._tasks[name] = asyncio.create_task(self._supervise(name, target), name=name)
@@ -183,6 +208,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         for consumer in self.consumers:
             consumer.stop()
         await self._join([n for n in self._tasks if n.startswith("consumer:")])

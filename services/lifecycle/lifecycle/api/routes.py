@@ -1,29 +1,36 @@
-"""Lifecycle's HTTP API: a customer's stage and transitions."""
+"""Lifecycle's HTTP API: stages, transitions, summaries."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
-from lifecycle.store import stages
+from lifecycle.domain.stages import STAGES
+from lifecycle.store import queries, stages
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
+AsOf = Annotated[datetime | None, Query(description="as it was at this time (RFC 3339)")]
 
 
 class StageView(BaseModel):
     customer_id: str
     stage: str
     since: datetime
-    purchases: int
-    first_purchase_at: datetime | None
-    last_purchase_at: datetime | None
+    as_of: datetime | None = None
+    purchases: int | None = None
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    next_due: datetime | None = None
+    policy_version: str
 
 
 class TransitionView(BaseModel):
+    customer_id: str
     from_stage: str | None
     to_stage: str
     reason: str
@@ -31,32 +38,105 @@ class TransitionView(BaseModel):
     occurred_at: datetime
     recorded_at: datetime
     policy_version: str
+    correction: bool
+    superseded: bool
+
+
+class TransitionPage(BaseModel):
+    items: list[TransitionView]
+    next_cursor: str | None
+
+
+class Summary(BaseModel):
+    as_of: datetime | None
+    counts: dict[str, int]
+
+
+def _aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
 
 
 @router.get(
     "/customers/{customer_id}/stage",
     response_model=StageView,
-    responses={404: {"description": "no event about this customer has been seen"}},
+    responses={404: {"description": "no event about this customer (by then)"}},
 )
-async def get_stage(customer_id: str, runtime: RuntimeDep) -> StageView:
-    """The customer's current lifecycle stage."""
+async def get_stage(customer_id: str, runtime: RuntimeDep, as_of: AsOf = None) -> StageView:
+    """The customer's lifecycle stage now, or as it was at `as_of`."""
+    _aware("as_of", as_of)
     async with runtime.db.read() as conn:
-        state = await stages.load_state(conn, customer_id)
+        if as_of is not None:
+            row = await stages.stage_as_of(conn, customer_id, as_of)
+            if row is None:
+                raise Problem(404, f"no lifecycle stage for customer {customer_id!r} by {as_of}")
+            return StageView(
+                customer_id=customer_id,
+                stage=row["to_stage"],
+                since=row["occurred_at"],
+                as_of=as_of,
+                policy_version=row["policy_version"],
+            )
+        state = await stages.state_of(conn, customer_id)
     if state is None:
         raise Problem(404, f"no lifecycle stage for customer {customer_id!r}")
     return StageView(
-        customer_id=state.customer_id,
-        stage=state.stage,
-        since=state.stage_since,
-        purchases=state.purchases,
-        first_purchase_at=state.first_purchase_at,
-        last_purchase_at=state.last_purchase_at,
+        customer_id=customer_id,
+        stage=state["stage"],
+        since=state["stage_since"],
+        purchases=state["purchases"],
+        first_purchase_at=state["first_purchase_at"],
+        last_purchase_at=state["last_purchase_at"],
+        next_due=state["next_due"],
+        policy_version=state["policy_version"],
     )
 
 
 @router.get("/customers/{customer_id}/transitions", response_model=list[TransitionView])
-async def get_transitions(customer_id: str, runtime: RuntimeDep) -> list[TransitionView]:
-    """Every stage change of the customer, oldest first."""
+async def get_customer_transitions(
+    customer_id: str,
+    runtime: RuntimeDep,
+    include_superseded: Annotated[
+        bool, Query(description="also transitions that corrections replaced")
+    ] = False,
+) -> list[dict[str, Any]]:
+    """Every stage change of the customer, in the order recorded."""
     async with runtime.db.read() as conn:
-        rows = await stages.transitions_of(conn, customer_id)
-    return [TransitionView.model_validate(row) for row in rows]
+        return await stages.history_of(conn, customer_id, include_superseded=include_superseded)
+
+
+@router.get("/stages/summary", response_model=Summary)
+async def get_summary(runtime: RuntimeDep, as_of: AsOf = None) -> Summary:
+    """How many customers are in each stage (now, or at `as_of`)."""
+    _aware("as_of", as_of)
+    async with runtime.db.read() as conn:
+        counts = await stages.stage_counts(conn, as_of)
+    return Summary(as_of=as_of, counts={stage: counts.get(stage, 0) for stage in STAGES})
+
+
+@router.get("/transitions", response_model=TransitionPage)
+async def list_transitions(
+    runtime: RuntimeDep,
+    from_stage: Annotated[str | None, Query(alias="from")] = None,
+    to_stage: Annotated[str | None, Query(alias="to")] = None,
+    reason: str | None = None,
+    after: Annotated[datetime | None, Query(description="occurred at or after")] = None,
+    before: Annotated[datetime | None, Query(description="occurred before")] = None,
+    include_superseded: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> TransitionPage:
+    """Transitions of every customer, in the order recorded, filtered and paged."""
+    _aware("after", after)
+    _aware("before", before)
+    where = queries.TransitionFilter(
+        from_stage, to_stage, reason, after, before, include_superseded
+    )
+    async with runtime.db.read() as conn:
+        try:
+            rows, next_cursor = await queries.transitions(conn, where, limit=limit, cursor=cursor)
+        except ValueError as exc:
+            raise Problem(422, str(exc), field="cursor") from None
+    return TransitionPage(
+        items=[TransitionView.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -1,30 +1,34 @@
-"""The customer lifecycle as a pure fold: state + event -> state and transitions.
+"""The customer lifecycle as a pure replay: a customer's facts, a policy and a clock give
+their stage and every transition, each at the event time it happened.
 
-This first policy knows the stages that purchases alone decide: a customer is a `prospect`
-from the first event about them, `new` at the first purchase and `active` at the second.
-Time-based stages (dormant, churned) and the configurable policy come with the full
-lifecycle service.
+Replaying the whole (short) history of a customer, rather than folding one event on top of
+stored state, is what makes late and out-of-order events, merges and policy changes simple:
+the new history is compared with the one published before, and the difference is published
+as corrections.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
+from lifecycle.domain.policy import Policy
+
 Stage = Literal["prospect", "new", "active", "dormant", "churned"]
-POLICY_VERSION = "purchases-1"
-PURCHASE = "crm.purchase.completed.v1"
+Kind = Literal["seen", "purchase", "churn"]
+STAGES: tuple[Stage, ...] = ("prospect", "new", "active", "dormant", "churned")
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerState:
+class Fact:
+    """What the lifecycle needs of an event: whose, which, what kind, when."""
+
     customer_id: str
-    stage: Stage
-    stage_since: datetime
-    purchases: int = 0
-    first_purchase_at: datetime | None = None
-    last_purchase_at: datetime | None = None
+    event_id: str
+    kind: Kind
+    time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,51 +40,120 @@ class Transition:
     caused_by: str
     occurred_at: datetime
 
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.from_stage, self.to_stage, self.reason, self.caused_by, self.occurred_at)
+
 
 @dataclass(frozen=True, slots=True)
-class Fact:
-    """What the fold needs of an event: who, what, when, which."""
-
-    event_id: str
+class CustomerState:
     customer_id: str
-    type: str
-    time: datetime
+    stage: Stage
+    stage_since: datetime
+    purchases: int = 0
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    next_due: datetime | None = None
 
 
-def fold(state: CustomerState | None, fact: Fact) -> tuple[CustomerState, list[Transition]]:
-    """Apply one event to a customer's state; return the new state and any transitions."""
+def kind_of(event_type: str, policy: Policy) -> Kind:
+    if event_type in policy.purchase_types:
+        return "purchase"
+    if event_type in policy.churn_types:
+        return "churn"
+    return "seen"
+
+
+def replay(
+    facts: Sequence[Fact], policy: Policy, now: datetime
+) -> tuple[CustomerState | None, list[Transition]]:
+    """A customer's state as of `now` and all their transitions up to then."""
+    ordered = sorted((f for f in facts if f.time <= now), key=lambda f: (f.time, f.event_id))
+    state: CustomerState | None = None
     transitions: list[Transition] = []
+    for fact in ordered:
+        state = _age(state, fact.time, policy, transitions)
+        state = _apply(state, fact, policy, transitions)
+    state = _age(state, now, policy, transitions)
+    return (_with_due(state, policy) if state else None), transitions
+
+
+def _apply(
+    state: CustomerState | None, fact: Fact, policy: Policy, out: list[Transition]
+) -> CustomerState:
     if state is None:
         state = CustomerState(fact.customer_id, "prospect", fact.time)
-        transitions.append(_transition(None, "prospect", "identified", fact))
-    if fact.type != PURCHASE:
-        return state, transitions
-    state = _count_purchase(state, fact.time)
-    target, reason = _stage_after_purchase(state)
-    if target != state.stage:
-        transitions.append(_transition(state.stage, target, reason, fact))
-        state = replace(state, stage=target, stage_since=fact.time)
-    return state, transitions
+        out.append(
+            Transition(fact.customer_id, None, "prospect", "identified", fact.event_id, fact.time)
+        )
+    if fact.kind == "purchase":
+        return _purchase(state, fact, policy, out)
+    if fact.kind == "churn" and state.stage not in ("prospect", "churned"):
+        return _move(state, "churned", "cancelled", fact.event_id, fact.time, out)
+    return state
 
 
-def _count_purchase(state: CustomerState, at: datetime) -> CustomerState:
-    first = state.first_purchase_at if state.first_purchase_at else at
-    last = max(state.last_purchase_at, at) if state.last_purchase_at else at
-    return replace(
+def _purchase(
+    state: CustomerState, fact: Fact, policy: Policy, out: list[Transition]
+) -> CustomerState:
+    state = replace(
         state,
         purchases=state.purchases + 1,
-        first_purchase_at=min(first, at),
-        last_purchase_at=last,
+        last_purchase_at=fact.time,
+        first_purchase_at=state.first_purchase_at or fact.time,
     )
+    reached = state.purchases >= policy.active_after_purchases
+    if state.stage == "prospect":
+        return _move(state, "new", "first_purchase", fact.event_id, fact.time, out)
+    if state.stage in ("dormant", "churned"):
+        return _move(
+            state, "active" if reached else "new", "won_back", fact.event_id, fact.time, out
+        )
+    if state.stage == "new" and reached:
+        return _move(state, "active", "repeat_purchase", fact.event_id, fact.time, out)
+    return state
 
 
-def _stage_after_purchase(state: CustomerState) -> tuple[Stage, str]:
-    if state.purchases == 1:
-        return "new", "first_purchase"
-    if state.stage == "new":
-        return "active", "repeat_purchase"
-    return state.stage, ""
+def _age(
+    state: CustomerState | None, until: datetime, policy: Policy, out: list[Transition]
+) -> CustomerState | None:
+    """Silence up to `until`: new/active -> dormant -> churned, at their due times."""
+    while state is not None:
+        due = _due(state, policy)
+        if due is None or due > until:
+            return state
+        target: Stage = "churned" if state.stage == "dormant" else "dormant"
+        state = _move(state, target, "inactivity", f"clock:{due.isoformat()}", due, out)
+    return state
 
 
-def _transition(source: Stage | None, target: Stage, reason: str, fact: Fact) -> Transition:
-    return Transition(fact.customer_id, source, target, reason, fact.event_id, fact.time)
+def _due(state: CustomerState, policy: Policy) -> datetime | None:
+    if state.last_purchase_at is None or state.stage in ("prospect", "churned"):
+        return None
+    gap = mean_gap_days(state)
+    if state.stage == "dormant":
+        return state.last_purchase_at + policy.churn_after(gap)
+    return state.last_purchase_at + policy.dormant_after(gap)
+
+
+def mean_gap_days(state: CustomerState) -> float | None:
+    if state.purchases < 2 or state.first_purchase_at is None or state.last_purchase_at is None:
+        return None
+    span = state.last_purchase_at - state.first_purchase_at
+    return span.total_seconds() / 86400 / (state.purchases - 1)
+
+
+def _move(
+    state: CustomerState,
+    target: Stage,
+    reason: str,
+    cause: str,
+    at: datetime,
+    out: list[Transition],
+) -> CustomerState:
+    out.append(Transition(state.customer_id, state.stage, target, reason, cause, at))
+    return replace(state, stage=target, stage_since=at)
+
+
+def _with_due(state: CustomerState, policy: Policy) -> CustomerState:
+    return replace(state, next_due=_due(state, policy))

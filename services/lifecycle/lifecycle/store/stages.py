@@ -1,79 +1,102 @@
-"""Reads and writes of the stage projection; whole batches in a few statements."""
+"""Reads and writes of lifecycle's tables; whole batches in a few statements each."""
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.sql import upsert
-from lifecycle.domain.stages import POLICY_VERSION, CustomerState, Transition
-from lifecycle.store.tables import customer_stages, stage_transitions
+from lifecycle.domain.policy import Policy
+from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of
+from lifecycle.store.tables import clock, customer_stages, facts, stage_transitions
+
+EVENT_TIME = "event-time"
 
 
-async def load_states(
-    conn: AsyncConnection, customer_ids: Iterable[str]
-) -> dict[str, CustomerState]:
-    ids = list(set(customer_ids))
-    if not ids:
-        return {}
-    query = select(customer_stages).where(customer_stages.c.customer_id.in_(ids))
-    return {row.customer_id: _state(row._mapping) for row in await conn.execute(query)}
+async def add_facts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Keep these events' facts; an event seen before is kept once."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(dialect.insert(facts).on_conflict_do_nothing(), list(rows))
 
 
-async def load_state(conn: AsyncConnection, customer_id: str) -> CustomerState | None:
-    return (await load_states(conn, [customer_id])).get(customer_id)
+async def move_facts(conn: AsyncConnection, from_ids: Sequence[str], to_id: str) -> None:
+    await conn.execute(
+        update(facts).where(facts.c.customer_id.in_(from_ids)).values(customer_id=to_id)
+    )
 
 
-async def save(
-    conn: AsyncConnection,
-    states: Sequence[CustomerState],
-    transitions: Sequence[Transition],
-    now: datetime,
-) -> None:
-    await upsert(conn, customer_stages, [_row(s, now) for s in states], key=["customer_id"])
-    if transitions:
+async def restore_facts(conn: AsyncConnection, origin_id: str) -> None:
+    """Facts that first named `origin_id` belong to it again (an undone merge)."""
+    await conn.execute(
+        update(facts).where(facts.c.origin_id == origin_id).values(customer_id=origin_id)
+    )
+
+
+async def facts_of(
+    conn: AsyncConnection, ids: Iterable[str], policy: Policy
+) -> dict[str, list[Fact]]:
+    wanted = list(set(ids))
+    found: dict[str, list[Fact]] = defaultdict(list)
+    for chunk in _chunks(wanted):
+        query = select(facts.c.customer_id, facts.c.event_id, facts.c.type, facts.c.time).where(
+            facts.c.customer_id.in_(chunk)
+        )
+        for row in await conn.execute(query):
+            found[row.customer_id].append(
+                Fact(row.customer_id, row.event_id, kind_of(row.type, policy), row.time)
+            )
+    return found
+
+
+async def all_customer_ids(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(select(facts.c.customer_id).distinct())).scalars())
+
+
+async def active_transitions(
+    conn: AsyncConnection, ids: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The published history of each customer (not superseded), in order."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in _chunks(list(set(ids))):
+        query = (
+            select(stage_transitions)
+            .where(
+                stage_transitions.c.customer_id.in_(chunk),
+                stage_transitions.c.superseded.is_(False),
+            )
+            .order_by(stage_transitions.c.customer_id, stage_transitions.c.seq)
+        )
+        for row in await conn.execute(query):
+            found[row.customer_id].append(dict(row._mapping))
+    return found
+
+
+async def supersede(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
+    for chunk in _chunks(list(row_ids)):
         await conn.execute(
-            insert(stage_transitions), [_transition_row(t, now) for t in transitions]
+            update(stage_transitions)
+            .where(stage_transitions.c.id.in_(chunk))
+            .values(superseded=True)
         )
 
 
-async def transitions_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:
-    query = (
-        select(stage_transitions)
-        .where(stage_transitions.c.customer_id == customer_id)
-        .order_by(stage_transitions.c.id)
-    )
-    return [dict(row._mapping) for row in await conn.execute(query)]
+async def insert_transitions(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(stage_transitions), list(rows))
 
 
-def _state(m: Any) -> CustomerState:
-    return CustomerState(
-        m["customer_id"],
-        m["stage"],
-        m["stage_since"],
-        m["purchases"],
-        m["first_purchase_at"],
-        m["last_purchase_at"],
-    )
-
-
-def _row(state: CustomerState, now: datetime) -> dict[str, Any]:
-    return {
-        "customer_id": state.customer_id,
-        "stage": state.stage,
-        "stage_since": state.stage_since,
-        "purchases": state.purchases,
-        "first_purchase_at": state.first_purchase_at,
-        "last_purchase_at": state.last_purchase_at,
-        "updated_at": now,
-    }
-
-
-def _transition_row(t: Transition, now: datetime) -> dict[str, Any]:
+def transition_row(
+    t: Transition, *, seq: int, correction: bool, policy: Policy, now: datetime
+) -> dict[str, Any]:
     return {
         "customer_id": t.customer_id,
         "from_stage": t.from_stage,
@@ -82,5 +105,123 @@ def _transition_row(t: Transition, now: datetime) -> dict[str, Any]:
         "caused_by": t.caused_by,
         "occurred_at": t.occurred_at,
         "recorded_at": now,
-        "policy_version": POLICY_VERSION,
+        "policy_version": policy.version,
+        "seq": seq,
+        "event_id": str(uuid.uuid4()),
+        "correction": correction,
+        "superseded": False,
     }
+
+
+async def save_states(
+    conn: AsyncConnection, states: Sequence[CustomerState], policy: Policy, now: datetime
+) -> None:
+    rows = [
+        {
+            "customer_id": s.customer_id,
+            "stage": s.stage,
+            "stage_since": s.stage_since,
+            "purchases": s.purchases,
+            "first_purchase_at": s.first_purchase_at,
+            "last_purchase_at": s.last_purchase_at,
+            "updated_at": now,
+            "next_due": s.next_due,
+            "policy_version": policy.version,
+        }
+        for s in states
+    ]
+    await upsert(conn, customer_stages, rows, key=["customer_id"])
+
+
+async def delete_states(conn: AsyncConnection, ids: Sequence[str]) -> None:
+    if ids:
+        await conn.execute(customer_stages.delete().where(customer_stages.c.customer_id.in_(ids)))
+
+
+async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[str]:
+    """Customers whose next silence transition is due (an index on next_due, no scan)."""
+    query = (
+        select(customer_stages.c.customer_id)
+        .where(customer_stages.c.next_due <= now)
+        .order_by(customer_stages.c.next_due)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def event_clock(conn: AsyncConnection) -> datetime | None:
+    query = select(clock.c.value).where(clock.c.name == EVENT_TIME)
+    return (await conn.execute(query)).scalar_one_or_none()
+
+
+async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:
+    """The event-time clock moves forward only; return where it stands."""
+    current = await event_clock(conn)
+    if current is not None and current >= to:
+        return current
+    await upsert(conn, clock, [{"name": EVENT_TIME, "value": to}], key=["name"])
+    return to
+
+
+async def state_of(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
+    query = select(customer_stages).where(customer_stages.c.customer_id == customer_id)
+    row = (await conn.execute(query)).first()
+    return dict(row._mapping) if row else None
+
+
+async def history_of(
+    conn: AsyncConnection, customer_id: str, *, include_superseded: bool = False
+) -> list[dict[str, Any]]:
+    query = select(stage_transitions).where(stage_transitions.c.customer_id == customer_id)
+    if not include_superseded:
+        query = query.where(stage_transitions.c.superseded.is_(False))
+    query = query.order_by(stage_transitions.c.id)
+    return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+def _last_as_of(as_of: datetime) -> Any:
+    """Each customer's last transition that had happened by `as_of` (its seq)."""
+    t = stage_transitions.c
+    return (
+        select(t.customer_id, func.max(t.seq).label("seq"))
+        .where(t.superseded.is_(False), t.occurred_at <= as_of)
+        .group_by(t.customer_id)
+        .subquery()
+    )
+
+
+async def stage_as_of(
+    conn: AsyncConnection, customer_id: str, as_of: datetime
+) -> dict[str, Any] | None:
+    t = stage_transitions.c
+    query = (
+        select(stage_transitions)
+        .where(t.customer_id == customer_id, t.superseded.is_(False), t.occurred_at <= as_of)
+        .order_by(t.seq.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return dict(row._mapping) if row else None
+
+
+async def stage_counts(conn: AsyncConnection, as_of: datetime | None) -> dict[str, int]:
+    if as_of is None:
+        query = select(customer_stages.c.stage, func.count()).group_by(customer_stages.c.stage)
+    else:
+        last = _last_as_of(as_of)
+        t = stage_transitions.c
+        joined = stage_transitions.join(
+            last, and_(t.customer_id == last.c.customer_id, t.seq == last.c.seq)
+        )
+        query = (
+            select(t.to_stage, func.count())
+            .select_from(joined)
+            .where(t.superseded.is_(False))
+            .group_by(t.to_stage)
+        )
+    return {row[0]: int(row[1]) for row in await conn.execute(query)}
+
+
+def _chunks(items: list[Any], size: int = 1000) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,13 +1,26 @@
-"""Lifecycle's schema: the core tables plus the stage projection and its transitions."""
+"""Lifecycle's schema: the core tables, the facts it keeps of consumed events (its log), the
+stage projection, the transitions, and the event-time clock."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table
+from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table
 
 from crm_shared.store.tables import CoreTables, Position, UtcDateTime
 
 metadata = MetaData()
 core = CoreTables.on(metadata)
+
+facts = Table(
+    "facts",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("customer_id", String(200), nullable=False),
+    Column("origin_id", String(200), nullable=False),  # the customer it named, before merges
+    Column("type", String(200), nullable=False),
+    Column("time", UtcDateTime(), nullable=False),
+    Index("ix_facts_customer", "customer_id", "time"),
+    Index("ix_facts_origin", "origin_id"),
+)
 
 customer_stages = Table(
     "customer_stages",
@@ -19,6 +32,10 @@ customer_stages = Table(
     Column("first_purchase_at", UtcDateTime(), nullable=True),
     Column("last_purchase_at", UtcDateTime(), nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
+    Column("next_due", UtcDateTime(), nullable=True),
+    Column("policy_version", String(50), nullable=False),
+    Index("ix_customer_stages_due", "next_due"),
+    Index("ix_customer_stages_stage", "stage"),
 )
 
 stage_transitions = Table(
@@ -33,5 +50,17 @@ stage_transitions = Table(
     Column("occurred_at", UtcDateTime(), nullable=False),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Column("policy_version", String(50), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("correction", Boolean, nullable=False),
+    Column("superseded", Boolean, nullable=False),
     Index("ix_stage_transitions_customer", "customer_id", "id"),
+    Index("ix_stage_transitions_occurred", "occurred_at"),
+)
+
+clock = Table(
+    "lifecycle_clock",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("value", UtcDateTime(), nullable=False),
 )
