@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 from lifecycle.domain.stages import STAGES
+from lifecycle.handlers.replay import current_now
 from lifecycle.store import queries, stages
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
@@ -106,12 +107,14 @@ async def get_customer_transitions(
 
 
 @router.get("/stages/summary", response_model=Summary)
-async def get_summary(runtime: RuntimeDep, as_of: AsOf = None) -> Summary:
-    """How many customers are in each stage (now, or at `as_of`)."""
+async def get_summary(request: Request, runtime: RuntimeDep, as_of: AsOf = None) -> Summary:
+    """How many customers are in each stage (now, or at `as_of`). `as_of` in the answer is
+    the time the counts describe: the clock's now (the event-time clock's, if so set)."""
     _aware("as_of", as_of)
     async with runtime.db.read() as conn:
         counts = await stages.stage_counts(conn, as_of)
-    return Summary(as_of=as_of, counts={stage: counts.get(stage, 0) for stage in STAGES})
+        described = as_of or await current_now(request.app.state.lifecycle, conn)
+    return Summary(as_of=described, counts={stage: counts.get(stage, 0) for stage in STAGES})
 
 
 @router.get("/transitions", response_model=TransitionPage)
