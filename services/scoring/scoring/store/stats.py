@@ -1,0 +1,51 @@
+"""Reads and writes of the per-customer statistics, a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.store.sql import upsert
+from scoring.domain.stats import CustomerStats
+from scoring.store.tables import customer_stats
+
+FIELDS = [f.name for f in fields(CustomerStats)]
+
+
+async def load(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, CustomerStats]:
+    wanted = list(set(ids))
+    found: dict[str, CustomerStats] = {}
+    for start in range(0, len(wanted), 1000):
+        query = select(customer_stats).where(
+            customer_stats.c.customer_id.in_(wanted[start : start + 1000])
+        )
+        for row in await conn.execute(query):
+            m = row._mapping
+            found[m["customer_id"]] = CustomerStats(**{name: m[name] for name in FIELDS})
+    return found
+
+
+async def save(conn: AsyncConnection, stats: Sequence[CustomerStats], now: datetime) -> None:
+    await upsert(
+        conn, customer_stats, [{**asdict(s), "updated_at": now} for s in stats], key=["customer_id"]
+    )
+
+
+async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
+    if ids:
+        await conn.execute(delete(customer_stats).where(customer_stats.c.customer_id.in_(ids)))
+
+
+async def every(conn: AsyncConnection) -> list[CustomerStats]:
+    """Every customer's statistics (for a refit)."""
+    rows = await conn.execute(select(customer_stats))
+    return [CustomerStats(**{name: r._mapping[name] for name in FIELDS}) for r in rows]
+
+
+def as_dict(stats: CustomerStats) -> dict[str, Any]:
+    return asdict(stats)

@@ -1,0 +1,90 @@
+"""The scoring model fitted from the incremental statistics reproduces the published fit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from scoring.domain.clv import Horizon
+from scoring.domain.model import fit, prior, quintile, score, tier_of
+from scoring.domain.risk import RiskWeights
+from scoring.domain.stats import CustomerStats, apply
+from tests.support.cdnow import load_sample
+
+CALIBRATION_END = datetime(1997, 9, 30, tzinfo=UTC)
+TIERS = {"A": 0.9, "B": 0.7, "C": 0.4}
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[CustomerStats]:
+    stats: dict[str, CustomerStats] = {}
+    for purchase in load_sample():
+        if purchase.time <= CALIBRATION_END:
+            stats[purchase.customer_id] = apply(
+                stats.get(purchase.customer_id),
+                purchase.customer_id,
+                "crm.purchase.completed.v1",
+                purchase.time,
+                {"amount": str(purchase.dollar_value)},
+            )
+    return list(stats.values())
+
+
+def test_statistics_folded_event_by_event_give_the_published_cdnow_parameters(
+    calibration: list[CustomerStats],
+) -> None:
+    model = fit(
+        calibration, CALIBRATION_END, version="m1", tiers=TIERS, lowest_tier="D", horizon=Horizon()
+    )
+    values = model.bgnbd.values
+    assert (values["r"], values["alpha"], values["a"], values["b"]) == pytest.approx(
+        (0.243, 4.414, 0.793, 2.426), abs=1e-3
+    )
+    assert model.bgnbd.log_likelihood == pytest.approx(-9582.4, abs=0.1)
+    spend = model.gamma_gamma.values
+    assert (spend["p"], spend["q"], spend["gamma"]) == pytest.approx((6.25, 3.74, 15.44), abs=0.01)
+    assert model.gamma_gamma.customers == 946
+    assert model.tier_cuts is not None and model.tier_cuts["A"] > model.tier_cuts["B"]
+
+
+def test_a_customers_score_names_its_model_and_explains_itself(
+    calibration: list[CustomerStats],
+) -> None:
+    model = fit(
+        calibration, CALIBRATION_END, version="m1", tiers=TIERS, lowest_tier="D", horizon=Horizon()
+    )
+    results = {s.customer_id: score(s, model, CALIBRATION_END, RiskWeights())
+               for s in calibration}
+    tiers = [r["tier"] for r in results.values()]
+    assert tiers.count("A") == pytest.approx(0.1 * len(tiers), abs=5)
+    # The biggest spender bought on 21 days in five weeks, then fell silent for six months:
+    # the model gives them up, whatever they spent.
+    spender = max(calibration, key=lambda s: s.total_spend)
+    assert results[spender.customer_id]["p_alive"] < 0.01
+    best = max(calibration, key=lambda s: results[s.customer_id]["clv"])
+    result = results[best.customer_id]
+    assert result["model_version"] == "m1" and result["tier"] == "A"
+    assert 0 < result["p_alive"] <= 1 and result["clv"] > 0
+    assert result["churn_risk"] == pytest.approx(
+        sum(p["contribution"] for p in result["explanation"]["churn_risk"]), abs=1e-3
+    )
+    assert result["rfm_segment"] is not None
+    later = score(best, model, CALIBRATION_END + timedelta(days=300), RiskWeights())
+    assert later["p_alive"] < result["p_alive"]  # silence lowers P(alive)
+
+
+def test_before_any_fit_the_prior_scores_without_tiers_or_rfm() -> None:
+    stats = apply(None, "c1", "crm.purchase.completed.v1", CALIBRATION_END, {"amount": "10"})
+    result = score(stats, prior(CALIBRATION_END), CALIBRATION_END, RiskWeights())
+    assert result["model_version"] == "prior-cdnow"
+    assert result["tier"] is None and result["rfm_segment"] is None
+    assert result["p_alive"] == pytest.approx(1.0)
+
+
+def test_quintiles_and_tiers_place_a_value_against_the_cut_points() -> None:
+    cuts = [10.0, 20.0, 30.0, 40.0]
+    assert [quintile(cuts, v) for v in (5, 10, 15, 45)] == [1, 1, 2, 5]
+    assert [quintile(cuts, v, higher_is_better=False) for v in (5, 45)] == [5, 1]
+    model = prior(CALIBRATION_END).model_copy(update={"tier_cuts": {"A": 100.0, "B": 50.0}})
+    assert [tier_of(model, v) for v in (150, 60, 10)] == ["A", "B", "D"]
