@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench bench-lifecycle clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -37,6 +37,9 @@ help:
 	@echo "make bench              throughput, latency and memory of contacts + lifecycle on a"
 	@echo "                        fresh embedded broker; JSON in bench/results/"
 	@echo "                        (ARGS=\"--events 100000 --customers 10000\", see bench/README.md)"
+	@echo "make bench-lifecycle    lifecycle alone folding the full CDNOW master (event time),"
+	@echo "                        stage summary, rebuild; JSON in bench/results/"
+	@echo "                        (ARGS=\"--profile replay,rebuild\", see bench/README.md)"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -77,6 +80,9 @@ migrate: install
 
 bench: install
 	uv run python -m bench.throughput $(ARGS)
+
+bench-lifecycle: install
+	uv run python -m bench.lifecycle_replay $(ARGS)
 
 clean:
 	rm -rf var/

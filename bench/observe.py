@@ -66,16 +66,16 @@ class Progress:
 
 
 class Watcher:
-    """Polls /metrics of lifecycle (every tick) and contacts (every other tick).
+    """Polls /metrics of lifecycle (every tick) and contacts (every other tick, if given).
 
-    Targets are deltas from the counters' values when the watcher was made, so whatever a
+    Targets are deltas from the counters' values at the last `snapshot()`, so whatever a
     service had counted before a phase does not count.
     """
 
     def __init__(
         self,
         lifecycle: httpx.AsyncClient,
-        contacts: httpx.AsyncClient,
+        contacts: httpx.AsyncClient | None,
         *,
         interval: float = 0.05,
         sample_every: float = 0.5,
@@ -87,11 +87,13 @@ class Watcher:
     async def snapshot(self) -> None:
         """Remember the counters now; later targets count from here."""
         lc = await counters(self._lifecycle, [CONSUMED])
-        ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
-        self._base = {"lifecycle.consumed": lc[CONSUMED]} | {
-            f"contacts.{k}": v
-            for k, v in (("consumed", ct[CONSUMED]), ("published", ct[PUBLISHED]))
-        }
+        self._base = {"lifecycle.consumed": lc[CONSUMED]}
+        if self._contacts is not None:
+            ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
+            self._base |= {
+                f"contacts.{k}": v
+                for k, v in (("consumed", ct[CONSUMED]), ("published", ct[PUBLISHED]))
+            }
 
     async def until(self, targets: Mapping[str, float], start: float, deadline: float) -> Progress:
         """Poll until every target (`lifecycle.consumed`, `contacts.published`...) is met."""
@@ -122,7 +124,7 @@ class Watcher:
         try:
             lc = await counters(self._lifecycle, [CONSUMED])
             values["lifecycle.consumed"] = lc[CONSUMED] - self._base["lifecycle.consumed"]
-            if contacts:
+            if contacts and self._contacts is not None:
                 ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
                 values["contacts.consumed"] = ct[CONSUMED] - self._base["contacts.consumed"]
                 values["contacts.published"] = ct[PUBLISHED] - self._base["contacts.published"]
@@ -134,16 +136,21 @@ class Watcher:
 class ServerStats:
     """Consumer batches and server-side POST time of the services over one phase."""
 
-    def __init__(self, lifecycle: httpx.AsyncClient, contacts: httpx.AsyncClient) -> None:
+    def __init__(self, lifecycle: httpx.AsyncClient, contacts: httpx.AsyncClient | None) -> None:
         self._lifecycle, self._contacts = lifecycle, contacts
         self._before: dict[str, float] = {}
 
     async def _read(self) -> dict[str, float]:
-        lc, ct = await read_metrics(self._lifecycle), await read_metrics(self._contacts)
-        return {
+        lc = await read_metrics(self._lifecycle)
+        values = {
             "lifecycle.batches": metric_sum(lc, BATCH_COUNT),
             "lifecycle.batch_s": metric_sum(lc, BATCH_SUM),
             "lifecycle.events": metric_sum(lc, CONSUMED),
+        }
+        if self._contacts is None:
+            return values
+        ct = await read_metrics(self._contacts)
+        return values | {
             "contacts.batches": metric_sum(ct, BATCH_COUNT),
             "contacts.batch_s": metric_sum(ct, BATCH_SUM),
             "contacts.events": metric_sum(ct, CONSUMED),
@@ -160,12 +167,12 @@ class ServerStats:
         d = {k: after[k] - self._before.get(k, 0.0) for k in after}
         out: dict[str, Any] = {}
         for service in ("lifecycle", "contacts"):
-            batches = d[f"{service}.batches"]
+            batches = d.get(f"{service}.batches")
             if batches:
                 out[f"{service}_batches"] = int(batches)
                 out[f"{service}_events_per_batch"] = round(d[f"{service}.events"] / batches, 1)
                 out[f"{service}_batch_ms_mean"] = round(1000 * d[f"{service}.batch_s"] / batches, 1)
-        if d["contacts.posts"]:
+        if d.get("contacts.posts"):
             out["contacts_posts"] = int(d["contacts.posts"])
             out["contacts_post_server_ms_mean"] = round(
                 1000 * d["contacts.post_s"] / d["contacts.posts"], 1
@@ -198,6 +205,15 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmHWM", "VmRSS"):
             out[key] = int(value.split()[0])
     return out
+
+
+def memory_mib(pids: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Peak (`hwm_mib`) and current (`rss_mib`) resident set of each live process, in MiB."""
+    return {
+        name: {k.replace("Vm", "").lower() + "_mib": round(v / 1024, 1) for k, v in mem.items()}
+        for name, pid in pids.items()
+        if (mem := memory_kib(pid))
+    }
 
 
 class CpuMeter:

@@ -76,18 +76,28 @@ def raw_producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
     )
 
 
-async def produce_all(producer: AIOKafkaProducer, topic: str, records: list[Any]) -> None:
-    """Send every (key, value), awaiting the acks a chunk at a time."""
+async def produce_all(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: list[Any],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Send every (key, value), with `headers` on each, awaiting the acks a chunk at a time."""
     for start in range(0, len(records), PRODUCE_CHUNK):
         futures = [
-            await producer.send(topic, value, key=key)
+            await producer.send(topic, value, key=key, headers=headers)
             for key, value in records[start : start + PRODUCE_CHUNK]
         ]
         await asyncio.gather(*futures)
 
 
 async def baseline_produce(
-    bootstrap: str, linger_ms: int, topic: str, records: list[Any], meter: CpuMeter
+    bootstrap: str,
+    linger_ms: int,
+    topic: str,
+    records: list[Any],
+    meter: CpuMeter,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> dict[str, Any]:
     producer = raw_producer(bootstrap, linger_ms)
     await producer.start()
@@ -95,7 +105,7 @@ async def baseline_produce(
         await producer.partitions_for(topic)  # metadata and connection before the clock starts
         meter.start()
         started = time.perf_counter()
-        await produce_all(producer, topic, records)
+        await produce_all(producer, topic, records, headers)
         seconds = time.perf_counter() - started
         cpu = meter.stop()
     finally:

@@ -14,8 +14,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,45 @@ def stop_recording(recording: Recording, within: float = 20.0) -> Path | None:
     return recording.output if recording.output.exists() else None
 
 
+def start_profiles(
+    phase: str,
+    pids: Mapping[str, int],
+    out_dir: Path | None,
+    *,
+    rate: int,
+    idle: bool = False,
+    native: bool = False,
+) -> list[Recording]:
+    """Sample each of `pids` (name -> pid) as `<phase>-<name>`; none if py-spy is missing.
+
+    `out_dir` None: a fresh temporary directory (kept, so the stacks can be looked at).
+    """
+    py_spy = find_py_spy()
+    if py_spy is None:
+        print(
+            "profile: py-spy not found; `uv tool install py-spy` or `uv pip install py-spy`",
+            file=sys.stderr,
+        )
+        return []
+    out = out_dir or Path(tempfile.mkdtemp(prefix="crm-bench-profile-"))
+    return [
+        start_recording(py_spy, f"{phase}-{name}", pid, out, rate=rate, idle=idle, native=native)
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profiles(recordings: list[Recording]) -> dict[str, Any]:
+    """Stop every recording; per process its file and hot spots, or py-spy's error."""
+    out: dict[str, Any] = {}
+    for recording in recordings:
+        path = stop_recording(recording)
+        if path is None:
+            out[recording.name] = {"error": recording.log.read_text()[-500:]}
+        else:
+            out[recording.name] = {"file": str(path), **summarize(path)}
+    return out
+
+
 # --- summary ---
 
 
@@ -120,12 +160,18 @@ def read_stacks(path: Path) -> Iterable[tuple[list[str], int]]:
 
 
 def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
-    """Shares of samples: self time by function and by package, inclusive by function."""
+    """Shares of samples: self time by function and by package, inclusive by function.
+
+    `roots` gives the outermost frame of the stacks: SQLAlchemy's async bridge runs each
+    statement's sync part in a greenlet, whose stack starts at `Connection.execute` and does
+    not show which query called it; coroutines resumed by uvloop's C code start mid-stack.
+    """
     self_fn: Counter[str] = Counter()
     self_pkg: Counter[str] = Counter()
     incl_fn: Counter[str] = Counter()
     incl_project: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    roots: Counter[str] = Counter()
     total = 0
     for frames, count in read_stacks(path):
         if frames and frames[0].startswith(("thread (", "process ")):
@@ -135,6 +181,7 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
             continue
         total += count
         parsed = [parse_frame(f) for f in frames]
+        roots[parsed[0][0]] += count
         name, package = parsed[-1]
         self_fn[name] += count
         self_pkg[package] += count
@@ -149,6 +196,7 @@ def summarize(path: Path, *, top: int = 15) -> dict[str, Any]:
     return {
         "samples": total,
         "threads": shares(threads, 8),
+        "roots": shares(roots, 8),
         "self_by_package": shares(self_pkg),
         "self_by_function": shares(self_fn),
         "inclusive_by_function": shares(incl_fn, top + 10),

@@ -1,20 +1,22 @@
-"""The human-readable table of a throughput run (the JSON file has everything)."""
+"""The human-readable tables of the benchmark runs (the JSON files have everything)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 PROCESSES = ("contacts", "lifecycle", "broker", "bench")
 
 
-def _num(value: Any, digits: int = 0) -> str:
+def num(value: Any, digits: int = 0) -> str:
+    """A number with thousands separators and `digits` decimals; `-` for None."""
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
 
 
 def _row(label: str, count: Any, seconds: Any, rate: Any, ratio: Any) -> str:
-    return f"  {label:<40} {_num(count):>9} {_num(seconds, 2):>9} {_num(rate):>11} {ratio:>9}"
+    return f"  {label:<40} {num(count):>9} {num(seconds, 2):>9} {num(rate):>11} {ratio:>9}"
 
 
 def _ratio(rate: float | None, baseline: float | None) -> str:
@@ -108,11 +110,11 @@ def milestone_lines(result: dict[str, Any]) -> list[str]:
         if not phase:
             continue
         first = "ingest" if name == "http" else "produce"
-        parts = [f"{first} done {_num(phase.get(first + '_seconds'), 2)} s"]
+        parts = [f"{first} done {num(phase.get(first + '_seconds'), 2)} s"]
         if name == "kafka":
-            parts.append(f"contacts consumed all {_num(phase.get('contacts_consumed_at_s'), 2)} s")
-        parts.append(f"contacts published all {_num(phase.get('contacts_published_at_s'), 2)} s")
-        parts.append(f"lifecycle applied all {_num(phase.get('seconds'), 2)} s")
+            parts.append(f"contacts consumed all {num(phase.get('contacts_consumed_at_s'), 2)} s")
+        parts.append(f"contacts published all {num(phase.get('contacts_published_at_s'), 2)} s")
+        parts.append(f"lifecycle applied all {num(phase.get('seconds'), 2)} s")
         lines.append(f"  {name:<6} " + ", ".join(parts))
     return lines
 
@@ -146,9 +148,9 @@ def latency_lines(result: dict[str, Any]) -> list[str]:
         return []
     seen, ack = lat["post_to_stage_ms"], lat["post_ack_ms"]
     head = (
-        f"  {lat['events']} single POSTs at {_num(lat['target_rate'])}/s "
-        f"(achieved {_num(lat['achieved_send_rate'])}/s), stage polled every "
-        f"{lat['poll_interval_ms']} ms, at most {_num(lat.get('max_poll_rate'))} GETs/s "
+        f"  {lat['events']} single POSTs at {num(lat['target_rate'])}/s "
+        f"(achieved {num(lat['achieved_send_rate'])}/s), stage polled every "
+        f"{lat['poll_interval_ms']} ms, at most {num(lat.get('max_poll_rate'))} GETs/s "
         f"({lat['stage_polls']} GETs); visible {lat['visible']}, errors {lat['errors']}"
     )
     lines = [
@@ -180,22 +182,29 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
         ("Kafka end to end", (result.get("kafka") or {}).get("cpu")),
         ("latency", (result.get("latency") or {}).get("cpu")),
     ]
-    lines = [f"  {'% of one core':<20}" + "".join(f"{p:>11}" for p in PROCESSES)]
+    return cpu_table(rows, PROCESSES)
+
+
+def cpu_table(
+    rows: Sequence[tuple[str, dict[str, Any] | None]], processes: Sequence[str]
+) -> list[str]:
+    """% of one core each process used, a row per (label, CpuMeter.stop() result)."""
+    lines = [f"  {'% of one core':<20}" + "".join(f"{p:>11}" for p in processes)]
     for label, cpu in rows:
         if cpu:
-            cells = "".join(f"{_num(cpu.get(p, {}).get('core_pct')):>11}" for p in PROCESSES)
+            cells = "".join(f"{num(cpu.get(p, {}).get('core_pct')):>11}" for p in processes)
             lines.append(f"  {label:<20}{cells}")
     return lines
 
 
-def memory_lines(result: dict[str, Any]) -> list[str]:
+def memory_lines(result: dict[str, Any], processes: Sequence[str] = PROCESSES) -> list[str]:
     memory = result.get("memory", {})
     lines = [f"  {'MiB':<20} {'peak RSS':>10} {'RSS now':>10}"]
-    for name in PROCESSES:
+    for name in processes:
         mem = memory.get(name)
         if mem:
             lines.append(
-                f"  {name:<20} {_num(mem.get('hwm_mib'), 1):>10} {_num(mem.get('rss_mib'), 1):>10}"
+                f"  {name:<20} {num(mem.get('hwm_mib'), 1):>10} {num(mem.get('rss_mib'), 1):>10}"
             )
     return lines
 
@@ -204,30 +213,42 @@ def profile_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for phase, processes in (result.get("profile") or {}).items():
         for name, prof in processes.items():
-            lines += _profile_of(f"{phase} phase, {name}", prof)
+            lines += profile_of(f"{phase} phase, {name}", prof)
     return lines
 
 
-def _profile_of(title: str, prof: dict[str, Any]) -> list[str]:
+def profile_of(title: str, prof: dict[str, Any]) -> list[str]:
     if "error" in prof:
         return [f"  {title}: py-spy failed: {prof['error'][-200:]}"]
     packages = ", ".join(f"{k} {v}%" for k, v in prof["self_by_package"][:8])
+    # `thread (123): Thread-2 (_connection_worker_thread)` -> `Thread-2 (_connection_...)`
+    threads = ", ".join(f"{k.split(': ', 1)[-1]} {v}%" for k, v in prof.get("threads", [])[:4])
+    project = [
+        (k, v)
+        for k, v in prof["inclusive_project_functions"]
+        if not k.startswith(_ENTRY_POINTS)  # on every stack of the main thread
+    ]
     return [
         f"  {title} ({prof['samples']} samples, {prof['file']})",
+        f"    threads: {threads}",
+        "    stacks starting at: " + ", ".join(f"{k} {v}%" for k, v in prof.get("roots", [])[:4]),
         f"    self time by package: {packages}",
         "    self time by function:",
         *(f"      {v:5.1f}%  {k}" for k, v in prof["self_by_function"][:10]),
         "    inclusive, project code:",
-        *(f"      {v:5.1f}%  {k}" for k, v in prof["inclusive_project_functions"][:12]),
+        *(f"      {v:5.1f}%  {k}" for k, v in project[:12]),
     ]
+
+
+_ENTRY_POINTS = ("<module> (", "cli (", "service_cli (")
 
 
 def print_report(result: dict[str, Any]) -> None:
     s = result.get("settings", {})
     sizes = result.get("event_bytes", {})
     print(
-        f"\nCRM throughput ({result.get('machine', {}).get('cpus')} CPUs): {_num(s.get('events'))} "
-        f"events over {_num(s.get('customers'))} customers, HTTP batches of {s.get('batch_size')} "
+        f"\nCRM throughput ({result.get('machine', {}).get('cpus')} CPUs): {num(s.get('events'))} "
+        f"events over {num(s.get('customers'))} customers, HTTP batches of {s.get('batch_size')} "
         f"x{s.get('concurrency')}, {s.get('partitions')} partitions; event "
         f"{sizes.get('http_json_bytes')} B posted, {sizes.get('published_bytes')} B published"
     )

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +35,9 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # run as a file: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiokafka
 import httpx
 
-from bench import latency, phases, profiling
+from bench import latency, phases, profiling, runinfo
 from bench.observe import (
     CONSUMED,
     DEAD_LETTERED,
@@ -50,7 +46,7 @@ from bench.observe import (
     CpuMeter,
     Watcher,
     counters,
-    memory_kib,
+    memory_mib,
 )
 from bench.report import print_report
 from bench.workload import Workload, canonical_records, sizes
@@ -58,7 +54,7 @@ from crm_shared.messaging.topics import ALL_TOPICS, ensure_topics
 from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = runinfo.RESULTS
 BASELINE_TOPIC = "bench.baseline"
 SERVICES = ("contacts", "lifecycle")
 
@@ -116,24 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baseline_messages = args.baseline_messages or max(args.events, 50_000)
     args.phase_timeout = args.phase_timeout or max(60.0, args.events / 200)
     return args
-
-
-def machine() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        try:
-            out = subprocess.run(["git", *argv], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return out.stdout.strip()
-
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "aiokafka": aiokafka.__version__,
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty_files": len(git("status", "--porcelain").splitlines()),
-    }
 
 
 class Run:
@@ -279,53 +257,24 @@ class Run:
     def _start_profiles(self, phase: str) -> list[profiling.Recording]:
         if phase not in self.args.profile or self.stack is None:
             return []
-        py_spy = profiling.find_py_spy()
-        if py_spy is None:
-            print(
-                "--profile: py-spy not found; `uv tool install py-spy` or `uv pip install py-spy`",
-                file=sys.stderr,
-            )
-            return []
-        out = self.args.profile_dir or Path(tempfile.mkdtemp(prefix="crm-bench-profile-"))
-        return [
-            profiling.start_recording(
-                py_spy,
-                f"{phase}-{name}",
-                pid,
-                out,
-                rate=self.args.profile_rate,
-                idle=self.args.profile_idle,
-                native=self.args.profile_native,
-            )
-            for name, pid in self._pids().items()
-            if name in SERVICES
-        ]
+        return profiling.start_profiles(
+            phase,
+            {name: pid for name, pid in self._pids().items() if name in SERVICES},
+            self.args.profile_dir,
+            rate=self.args.profile_rate,
+            idle=self.args.profile_idle,
+            native=self.args.profile_native,
+        )
 
     def _stop_profiles(self, recordings: list[profiling.Recording]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for recording in recordings:
-            path = profiling.stop_recording(recording)
-            if path is None:
-                out[recording.name] = {"error": recording.log.read_text()[-500:]}
-            else:
-                out[recording.name] = {"file": str(path), **profiling.summarize(path)}
-        return out
+        return profiling.stop_profiles(recordings)
 
     def _memory(self) -> dict[str, dict[str, float]]:
-        return {
-            name: {k.replace("Vm", "").lower() + "_mib": round(v / 1024, 1) for k, v in mem.items()}
-            for name, pid in self._pids().items()
-            if (mem := memory_kib(pid))
-        }
+        return memory_mib(self._pids())
 
 
 def save(result: dict[str, Any], results_dir: Path, stamp: str) -> Path:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"throughput-{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return runinfo.save(result, results_dir, "throughput", stamp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "throughput",
         "started_at": started.isoformat(),
         "command": " ".join(["python -m bench.throughput", *sys.argv[1:]]),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": machine(),
+        "settings": runinfo.settings(args),
+        "machine": runinfo.machine(),
         "event_bytes": sizes(Workload("bench-s", 200, 200).generate()),
     }
     run = Run(args, workdir)

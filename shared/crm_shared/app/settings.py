@@ -31,7 +31,7 @@ class ServiceSettings(BaseSettings):
     )
     create_topics: bool = True
     fetch_max_wait_ms: int = Field(default=20, ge=1, le=5000)
-    consumer_max_records: int = Field(default=500, ge=1, le=10_000)
+    consumer_max_records: int = Field(default=2000, ge=1, le=10_000)
     consumer_group: str = ""
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=100, ge=1)

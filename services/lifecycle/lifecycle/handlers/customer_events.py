@@ -71,7 +71,11 @@ class Lifecycle:
             return Recomputed(0, 0)
         facts = await stages.facts_of(conn, ids, self.policy)
         published = await stages.active_transitions(conn, ids)
-        states, gone, rows, superseded, messages = [], [], [], [], []
+        states: list[CustomerState] = []
+        gone: list[str] = []
+        rows: list[dict[str, Any]] = []
+        superseded: list[int] = []
+        messages: list[OutgoingMessage] = []
         recorded = self.wall()
         for customer_id in sorted(ids):
             state, history = replay(facts.get(customer_id, []), self.policy, now)
@@ -84,11 +88,15 @@ class Lifecycle:
                     t, seq=seq, correction=correction, policy=self.policy, now=recorded
                 )
                 rows.append(row)
-                messages.append(self._message(t, row))
-            (states.append(state) if state else gone.append(customer_id))
+                if publish:  # a rebuild publishes nothing: building messages is wasted work
+                    messages.append(self._message(t, row))
+            if state is None:
+                gone.append(customer_id)
+            else:
+                states.append(state)
         await stages.supersede(conn, superseded)
         await stages.insert_transitions(conn, rows)
-        await stages.save_states(conn, [s for s in states if s], self.policy, recorded)
+        await stages.save_states(conn, states, self.policy, recorded)
         await stages.delete_states(conn, gone)
         if publish:
             await self.outbox.add(conn, messages, recorded)

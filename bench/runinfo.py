@@ -1,0 +1,50 @@
+"""What every benchmark run records about itself, and how it writes its JSON result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPUs, platform, versions and the git state the numbers belong to."""
+
+    def git(*argv: str) -> str:
+        try:
+            out = subprocess.run(["git", *argv], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip()
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "aiokafka": aiokafka.__version__,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty_files": len(git("status", "--porcelain").splitlines()),
+    }
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options, JSON-ready."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def save(result: dict[str, Any], results_dir: Path, name: str, stamp: str) -> Path:
+    """Write `<results_dir>/<name>-<stamp>.json` atomically; its path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return path
