@@ -54,8 +54,7 @@ def test_a_customers_score_names_its_model_and_explains_itself(
     model = fit(
         calibration, CALIBRATION_END, version="m1", tiers=TIERS, lowest_tier="D", horizon=Horizon()
     )
-    results = {s.customer_id: score(s, model, CALIBRATION_END, RiskWeights())
-               for s in calibration}
+    results = {s.customer_id: score(s, model, CALIBRATION_END, RiskWeights()) for s in calibration}
     tiers = [r["tier"] for r in results.values()]
     assert tiers.count("A") == pytest.approx(0.1 * len(tiers), abs=5)
     # The biggest spender bought on 21 days in five weeks, then fell silent for six months:

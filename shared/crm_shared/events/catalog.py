@@ -239,3 +239,20 @@ class CustomEvent(EventData):
 
 
 CATALOG.register_open("custom.", CustomEvent)
+
+
+@CATALOG.register("crm.score.changed.v1")
+class ScoreChanged(EventData):
+    """A customer's scores changed materially: a new tier, a risk band crossed, or a move
+    larger than the configured step. `reasons` says which; `previous` what was published."""
+
+    customer_id: str
+    model_version: str
+    tier: str | None
+    risk_band: Literal["low", "medium", "high"]
+    churn_risk: float = Field(ge=0, le=1)
+    clv: float
+    p_alive: float = Field(ge=0, le=1)
+    rfm_segment: str | None = None
+    reasons: list[str]
+    previous: dict[str, Any] | None = None

@@ -1,0 +1,192 @@
+"""Scoring consumed events: statistics in O(1) per event, scores per touched customer, and
+only the material changes published, all in the batch's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.events import Event, EventData, new_event
+from crm_shared.events.catalog import ContactMerged, ScoreChanged
+from crm_shared.messaging.topics import SCORES
+from crm_shared.store.db import Database
+from crm_shared.store.outbox import Outbox, OutgoingMessage
+from scoring.domain.bgnbd import FitError
+from scoring.domain.clv import Horizon
+from scoring.domain.model import ScoringModel, fit, prior, score
+from scoring.domain.stats import CustomerStats, apply, merged
+from scoring.settings import ScoringSettings
+from scoring.store import scores, stats
+
+SOURCE = "crm/scoring"
+CHUNK = 1000
+
+
+def material(
+    previous: dict[str, Any] | None, now: dict[str, Any], settings: ScoringSettings
+) -> list[str]:
+    """Why a new score is worth publishing (empty when it is not)."""
+    if previous is None:
+        return ["first score"]
+    reasons = []
+    if previous["tier"] != now["tier"]:
+        reasons.append(f"tier {previous['tier']} -> {now['tier']}")
+    if previous["risk_band"] != now["risk_band"]:
+        reasons.append(f"risk band {previous['risk_band']} -> {now['risk_band']}")
+    if abs(now["churn_risk"] - previous["churn_risk"]) >= settings.risk_step:
+        reasons.append(f"churn risk {previous['churn_risk']:.2f} -> {now['churn_risk']:.2f}")
+    base = max(abs(previous["clv"]), 1e-9)
+    if abs(now["clv"] - previous["clv"]) / base >= settings.value_step:
+        reasons.append(f"lifetime value {previous['clv']:.2f} -> {now['clv']:.2f}")
+    return reasons
+
+
+class Scoring:
+    def __init__(
+        self, outbox: Outbox, settings: ScoringSettings, wall: Callable[[], datetime]
+    ) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.wall = wall
+        self.event_clock: datetime | None = None
+
+    def now(self) -> datetime:
+        if self.settings.clock == "event-time" and self.event_clock is not None:
+            return self.event_clock
+        return self.wall()
+
+    async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
+        """Consumer handler for `crm.customer-events` and `crm.lifecycle`."""
+        touched = await self._fold(conn, events)
+        latest = max((e.time for e in events), default=None)
+        if latest is not None and (self.event_clock is None or latest > self.event_clock):
+            self.event_clock = latest
+        await self.rescore(conn, touched)
+
+    async def rescore(
+        self, conn: AsyncConnection, ids: Iterable[str], *, publish: bool = True
+    ) -> int:
+        """Score these customers with the active model; publish material changes."""
+        wanted = list(set(ids))
+        if not wanted:
+            return 0
+        now = self.now()
+        model = await scores.active_model(conn) or prior(now)
+        current = await stats.load(conn, wanted)
+        rows = [score(s, model, now, self.settings.risk_weights) for s in current.values()]
+        await scores.save(conn, rows)
+        return await self._publish(conn, rows, now) if publish else 0
+
+    async def _publish(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], now: datetime
+    ) -> int:
+        before = await scores.published(conn, [r["customer_id"] for r in rows])
+        changed, messages = [], []
+        for row in rows:
+            previous = before.get(row["customer_id"])
+            reasons = material(previous, row, self.settings)
+            if reasons:
+                changed.append(row)
+                messages.append(_message(row, reasons, previous))
+        await scores.mark_published(conn, changed, now)
+        await self.outbox.add(conn, messages, now)
+        return len(changed)
+
+    async def _fold(self, conn: AsyncConnection, events: list[Event[EventData]]) -> set[str]:
+        subjects = {e.subject for e in events}
+        merges = [e.data for e in events if isinstance(e.data, ContactMerged)]
+        involved = subjects | {i for m in merges for i in m.merged_ids}
+        known = await stats.load(conn, involved)
+        for event in events:
+            if isinstance(event.data, ContactMerged):
+                _merge(known, event.data)
+                continue
+            data = event.data.model_dump(mode="json")
+            known[event.subject] = apply(
+                known.get(event.subject), event.subject, event.type, event.time, data
+            )
+        gone = [i for m in merges for i in m.merged_ids]
+        await stats.remove(conn, gone)
+        await stats.save(conn, [s for i, s in known.items() if i not in gone], self.wall())
+        return subjects - set(gone)
+
+    async def refit(self, db: Database) -> ScoringModel:
+        """Fit a new model on every customer, make it active, rescore everyone with it."""
+        async with db.read() as conn:
+            population = await stats.every(conn)
+        now = self.now()
+        s = self.settings
+        if sum(1 for p in population if p.first_purchase_at) < s.min_buyers_for_fit:
+            raise ValueError(
+                f"a refit needs at least {s.min_buyers_for_fit} customers who "
+                "bought (CRM_MIN_BUYERS_FOR_FIT)"
+            )
+        try:
+            model = fit(
+                population,
+                now,
+                version=f"m-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+                tiers=s.tier_percentiles,
+                lowest_tier=s.lowest_tier,
+                horizon=Horizon(s.horizon_months, 52 / 12, s.monthly_discount_rate),
+            )
+        except FitError as exc:  # the active model stays; the data may not support a fit yet
+            raise ValueError(str(exc)) from exc
+        async with db.transaction() as conn:
+            await scores.store_model(conn, model)
+        await self.rescore_all(db)
+        return model
+
+    async def rescore_all(self, db: Database) -> int:
+        async with db.read() as conn:
+            ids = await scores.all_ids(conn)
+        published = 0
+        for start in range(0, len(ids), CHUNK):
+            async with db.transaction() as conn:
+                published += await self.rescore(conn, ids[start : start + CHUNK])
+        return published
+
+
+def _merge(known: dict[str, CustomerStats], event: ContactMerged) -> None:
+    """Fold the merged customers' statistics into the survivor's."""
+    survivor = known.get(event.survivor_id)
+    for other_id in event.merged_ids:
+        other = known.pop(other_id, None)
+        if other is None:
+            continue
+        if survivor is None:
+            survivor = replace(other, customer_id=event.survivor_id)
+        else:
+            survivor = merged(survivor, other)
+    if survivor is not None:
+        known[event.survivor_id] = survivor
+
+
+def _message(
+    row: dict[str, Any], reasons: list[str], previous: dict[str, Any] | None
+) -> OutgoingMessage:
+    data = ScoreChanged(
+        customer_id=row["customer_id"],
+        model_version=row["model_version"],
+        tier=row["tier"],
+        risk_band=row["risk_band"],
+        churn_risk=row["churn_risk"],
+        clv=row["clv"],
+        p_alive=min(1.0, max(0.0, row["p_alive"])),
+        rfm_segment=row["rfm_segment"],
+        reasons=reasons,
+        previous={k: v for k, v in previous.items() if k != "published_at"} if previous else None,
+    )
+    event = new_event(
+        type="crm.score.changed.v1",
+        source=SOURCE,
+        subject=row["customer_id"],
+        time=row["computed_at"] or datetime.now(UTC),
+        data=data.model_dump(mode="json"),
+    )
+    return OutgoingMessage(topic=SCORES, key=row["customer_id"], event=event)

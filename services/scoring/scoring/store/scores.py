@@ -1,0 +1,160 @@
+"""Scores, what was published, score history and fitted models."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.store.sql import upsert
+from scoring.domain.model import ScoringModel
+from scoring.store.tables import customer_stats, models, published_scores, score_history, scores
+
+SCORE_COLUMNS = [c.name for c in scores.columns]
+
+
+async def save(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    await upsert(
+        conn, scores, [{k: r[k] for k in SCORE_COLUMNS} for r in rows], key=["customer_id"]
+    )
+
+
+async def published(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = list(set(ids))
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), 1000):
+        query = select(published_scores).where(
+            published_scores.c.customer_id.in_(wanted[start : start + 1000])
+        )
+        found.update({r.customer_id: dict(r._mapping) for r in await conn.execute(query)})
+    return found
+
+
+async def mark_published(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], now: datetime
+) -> None:
+    if not rows:
+        return
+    await upsert(
+        conn,
+        published_scores,
+        [
+            {
+                "customer_id": r["customer_id"],
+                "tier": r["tier"],
+                "risk_band": r["risk_band"],
+                "churn_risk": r["churn_risk"],
+                "clv": r["clv"],
+                "published_at": now,
+            }
+            for r in rows
+        ],
+        key=["customer_id"],
+    )
+    await conn.execute(
+        insert(score_history),
+        [
+            {
+                "customer_id": r["customer_id"],
+                "at": r["computed_at"],
+                "score": json.loads(json.dumps(r, default=str)),
+            }
+            for r in rows
+        ],
+    )
+
+
+async def current(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
+    row = (await conn.execute(select(scores).where(scores.c.customer_id == customer_id))).first()
+    return dict(row._mapping) if row else None
+
+
+async def as_of(conn: AsyncConnection, customer_id: str, at: datetime) -> dict[str, Any] | None:
+    """The last published score at `at` (history keeps the material changes)."""
+    query = (
+        select(score_history.c.score)
+        .where(score_history.c.customer_id == customer_id, score_history.c.at <= at)
+        .order_by(score_history.c.at.desc(), score_history.c.id.desc())
+        .limit(1)
+    )
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return dict(value) if value else None
+
+
+ORDERS = {"churn_risk": scores.c.churn_risk, "clv": scores.c.clv}
+
+
+async def worklist(
+    conn: AsyncConnection,
+    *,
+    filters: dict[str, str | None],
+    order: str,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Customers by descending `order`, filtered; keyset paging on (order value, id)."""
+    column = ORDERS[order]
+    query = select(scores).order_by(column.desc(), scores.c.customer_id).limit(limit + 1)
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(scores.c[name] == value)
+    if cursor:
+        after, last_id = _decode(cursor)
+        query = query.where(
+            or_(column < after, and_(column == after, scores.c.customer_id > last_id))
+        )
+    rows = [dict(r._mapping) for r in await conn.execute(query)]
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], _encode(last[order], last["customer_id"])
+
+
+def _encode(value: float, customer_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([value, customer_id]).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[float, str]:
+    try:
+        value, customer_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(value), str(customer_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("cursor: not a cursor this API returned") from exc
+
+
+async def active_model(conn: AsyncConnection) -> ScoringModel | None:
+    query = select(models.c.model).where(models.c.active.is_(True)).limit(1)
+    value = (await conn.execute(query)).scalar_one_or_none()
+    return ScoringModel.model_validate(value) if value else None
+
+
+async def store_model(conn: AsyncConnection, model: ScoringModel) -> None:
+    """Keep the model and make it the active one."""
+    await conn.execute(update(models).values(active=False))
+    await conn.execute(
+        insert(models).values(
+            version=model.version,
+            fitted_at=model.fitted_at,
+            active=True,
+            model=model.model_dump(mode="json"),
+        )
+    )
+
+
+async def all_models(conn: AsyncConnection) -> list[dict[str, Any]]:
+    query = select(models).order_by(models.c.fitted_at.desc())
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def model(conn: AsyncConnection, version: str) -> dict[str, Any] | None:
+    row = (await conn.execute(select(models).where(models.c.version == version))).first()
+    return dict(row._mapping) if row else None
+
+
+async def all_ids(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(select(customer_stats.c.customer_id))).scalars())
