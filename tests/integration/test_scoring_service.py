@@ -101,6 +101,26 @@ async def test_streamed_purchases_give_consistent_scores_and_material_changes_on
         ]
         assert by_value[0]["clv"] >= by_value[-1]["clv"]
         assert (await client.get("/v1/customers/nobody/score")).status_code == 404
+        someone = page[0]["customer_id"]
+        then = await client.get(
+            f"/v1/customers/{someone}/score", params={"as_of": "2000-01-01T00:00:00Z"}
+        )
+        assert then.status_code == 404  # no score had been published by then
+        latest = (
+            await client.get(
+                f"/v1/customers/{someone}/score", params={"as_of": "2100-01-01T00:00:00Z"}
+            )
+        ).json()
+        assert latest["customer_id"] == someone and latest["model_version"] in {
+            version,
+            "prior-cdnow",
+        }
+        coarser = await client.post(
+            "/v1/admin/replay", json={"tier_percentiles": {"A": 0.5, "B": 0.2, "C": 0.1}}
+        )
+        assert coarser.status_code == 200 and coarser.json()["tier_changes"] > 0
+        unchanged = (await client.get("/v1/customers", params={"limit": 500})).json()["items"]
+        assert [s["tier"] for s in unchanged] == [s["tier"] for s in page]  # nothing written
 
     changes = await read_topic(broker.bootstrap, f"{prefix}crm.scores", count=CUSTOMERS)
     first = [json.loads(r.value)["data"] for r in changes]

@@ -91,3 +91,19 @@ def test_risk_is_clipped_to_one_and_banded() -> None:
     stats = given(buy(0, "10"), ("crm.feedback.submitted.v1", 1, {"nps": 0, "csat": 1}))
     risk, band, _ = churn_risk(stats, 0.05, at(2), RiskWeights())
     assert risk == 1.0 and band == "high"
+
+
+def test_only_material_changes_are_published() -> None:
+    from scoring.handlers.scoring import material
+    from scoring.settings import ScoringSettings
+
+    settings = ScoringSettings(risk_step=0.1, value_step=0.25)
+    before = {"tier": "B", "risk_band": "low", "churn_risk": 0.20, "clv": 100.0}
+    assert material(None, before, settings) == ["first score"]
+    assert material(before, {**before, "churn_risk": 0.29, "clv": 120.0}, settings) == []
+    assert material(before, {**before, "tier": "A"}, settings) == ["tier B -> A"]
+    assert material(before, {**before, "churn_risk": 0.35, "risk_band": "medium"}, settings) == [
+        "risk band low -> medium",
+        "churn risk 0.20 -> 0.35",
+    ]
+    assert material(before, {**before, "clv": 70.0}, settings) == ["lifetime value 100.00 -> 70.00"]
