@@ -279,3 +279,36 @@ async def test_with_unknown_customers_rejected_an_unknown_subject_is_refused(
         ada = await create(client, ADA)
         known = await client.post("/v1/events", json=purchase_json("email:ada@example.com"))
         assert known.status_code == 202 and known.json()["contact_id"] == ada["id"]
+
+
+async def test_a_consent_change_sent_as_an_event_changes_the_record(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    await client.put(
+        f"/v1/contacts/{ada['id']}/consent/email", json={"status": "granted", "source": "form"}
+    )
+    opt_out = {
+        "specversion": "1.0",
+        "id": "unsub-1",
+        "source": "crm/notifications",
+        "type": "crm.contact.consent_changed.v1",
+        "subject": ada["id"],
+        "time": "2026-06-01T00:00:00Z",
+        "data": {
+            "contact_id": ada["id"],
+            "channel": "email",
+            "status": "revoked",
+            "source": "unsubscribe-link",
+            "changed_at": "2026-06-01T00:00:00Z",
+        },
+    }
+    assert (await client.post("/v1/events", json=opt_out)).status_code == 202
+    record = (await client.get(f"/v1/contacts/{ada['id']}")).json()
+    assert record["consent"]["email"]["status"] == "revoked"
+    assert record["consent"]["email"]["source"] == "unsubscribe-link"
+    again = await client.post("/v1/events", json=opt_out)
+    assert again.json()["status"] == "duplicate"
+    never = {**opt_out, "id": "unsub-2", "data": {**opt_out["data"], "channel": "sms"}}
+    refused = await client.post("/v1/events", json=never)
+    assert refused.status_code == 422 and "only be revoked once granted" in refused.json()["detail"]

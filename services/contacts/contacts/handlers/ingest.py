@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from contacts.domain.contact import DomainError
 from contacts.domain.identity import parse_identifier, prospect_profile
 from contacts.handlers.records import ContactService, NewContact
 from contacts.store import records
 from crm_shared.events import CloudEvent, Event, EventData, EventRegistry, InvalidEvent
+from crm_shared.events.catalog import ConsentChanged
 from crm_shared.events.envelope import parse_envelope
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from crm_shared.store.db import Database
@@ -127,11 +129,35 @@ class Ingestor:
                 outcomes[index] = Outcome(
                     event.id, "rejected", _unknown_reason(event.subject), "subject"
                 )
+            elif isinstance(event.data, ConsentChanged):
+                outcomes[index] = await self._consent(conn, event, owner)
+                if outcomes[index].status == "accepted":
+                    await self._append(conn, [_canonical(event, owner)], publish=False)
             else:
                 outcomes[index] = Outcome(event.id, "accepted", contact_id=owner)
                 accepted.append(_canonical(event, owner))
         await self._append(conn, accepted, publish=publish)
         return outcomes
+
+    async def _consent(self, conn: AsyncConnection, event: Event[EventData], owner: str) -> Outcome:
+        """A consent change sent by another system (an unsubscribe link, a preference
+        centre) changes the contact's record; contacts then publishes it as its own."""
+        assert isinstance(event.data, ConsentChanged)
+        state = await records.load(conn, self._store, self._registry, owner)
+        if state is None:
+            return Outcome(event.id, "rejected", "subject: no such contact", "subject")
+        try:
+            await self._contacts.change_consent_in(
+                conn,
+                state,
+                event.data.channel,
+                event.data.status,
+                source=event.data.source,
+                at=event.data.changed_at,
+            )
+        except DomainError as exc:
+            return Outcome(event.id, "rejected", f"data.status: {exc.reason}", "data.status")
+        return Outcome(event.id, "accepted", contact_id=owner)
 
     async def on_inbound(
         self, conn: AsyncConnection, events: list[Event[EventData]]

@@ -159,13 +159,26 @@ class ContactService:
     ) -> Contact:
         async with self.db.transaction() as conn:
             state = await self._current(conn, contact_id, if_match)
-            event = domain.change_consent(
-                state, channel, status, source=source, at=at or self.clock()
+            result = await self.change_consent_in(
+                conn, state, channel, status, source=source, at=at
             )
-            changes = [Change(contact_id, event)] if event else []
-            result = await self.apply(conn, changes, {contact_id: state}, key=contact_id)
         self.wake()
         return result.get(contact_id, state)
+
+    async def change_consent_in(
+        self,
+        conn: AsyncConnection,
+        state: Contact,
+        channel: str,
+        status: str,
+        *,
+        source: str,
+        at: datetime | None,
+    ) -> dict[str, Contact]:
+        """Record a consent change inside the caller's transaction."""
+        event = domain.change_consent(state, channel, status, source=source, at=at or self.clock())
+        changes = [Change(state.id, event)] if event else []
+        return await self.apply(conn, changes, {state.id: state}, key=state.id)
 
     async def merge(
         self,

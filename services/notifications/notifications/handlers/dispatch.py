@@ -1,0 +1,219 @@
+"""The dispatcher: takes due messages, decides (consent, caps, quiet hours), and sends.
+
+Each send is recorded before and after: the message is marked `sending` and committed, then
+sent, then marked `sent` or `failed`. A process that stops between the two leaves it
+`sending`; at start-up such messages are reported as failed with an unknown outcome and
+not sent again, so a restart never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm_shared.messaging.topics import OUTREACH
+from crm_shared.store.db import Database
+from crm_shared.store.outbox import Outbox, OutgoingMessage
+from notifications.channels.base import Channel, Message
+from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
+from notifications.domain.templates import Template, TemplateError, render
+from notifications.handlers.messages import outreach_event
+from notifications.store import outreach
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent: int = 0
+    held: int = 0
+    suppressed: int = 0
+    failed: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        channels: Mapping[str, Channel],
+        safeguards: Safeguards,
+        now: Callable[[], datetime],
+        *,
+        unsubscribe_url: Callable[[str], str],
+        batch: int = 100,
+    ) -> None:
+        self.db, self.outbox, self.channels = db, outbox, channels
+        self.safeguards = safeguards
+        self.now = now
+        self.unsubscribe_url = unsubscribe_url
+        self.batch = batch
+
+    async def recover(self) -> int:
+        """Report the messages a stopped process left between 'sending' and its outcome."""
+        async with self.db.transaction() as conn:
+            stuck = await outreach.interrupted(conn)
+            error = "interrupted while sending: outcome unknown; not sent again"
+            for delivery in stuck:
+                await self._finish(conn, delivery, "failed", error=error)
+        for delivery in stuck:
+            log.error(
+                "message outcome unknown after a restart",
+                extra={"delivery_id": delivery["id"], "customer_id": delivery["customer_id"]},
+            )
+        return len(stuck)
+
+    async def run_once(self) -> Outcome:
+        """Decide every due message; send the ones that may go; return what happened."""
+        now = self.now()
+        async with self.db.transaction() as conn:
+            due = await outreach.due(conn, now, self.batch)
+            decided = [await self._decide(conn, d, now) for d in due]
+        to_send = [d for d in decided if d is not None]
+        results = [await self._send(d) for d in to_send]
+        counts = {"sent": 0, "failed": 0}
+        for result in results:
+            counts[result] += 1
+        return Outcome(
+            sent=counts["sent"],
+            failed=counts["failed"],
+            suppressed=sum(1 for d in due if d["status"] == "suppressed"),
+            held=sum(1 for d in due if d["status"] == "held"),
+        )
+
+    async def _decide(
+        self, conn: Any, delivery: dict[str, Any], now: datetime
+    ) -> dict[str, Any] | None:
+        customer = (await outreach.load_customers(conn, [delivery["customer_id"]])).get(
+            delivery["customer_id"]
+        ) or {}
+        tz = zone(customer.get("time_zone"), self.safeguards.default_time_zone)
+        today = local_day(now, tz)
+        counts = [
+            await outreach.sent_count(
+                conn, delivery["customer_id"], delivery["channel"], day.isoformat()
+            )
+            for day in (today, week_start(today))
+        ]
+        decision = decide(
+            channel=delivery["channel"],
+            transactional=delivery["transactional"],
+            consent=customer.get("consent") or {},
+            tz=tz,
+            now=now,
+            due_at=delivery["due_at"],
+            sent_today=counts[0],
+            sent_this_week=counts[1],
+            rules=self.safeguards,
+        )
+        if decision.verdict == "suppress":
+            delivery["status"] = "suppressed"
+            await self._finish(conn, delivery, "suppressed", reason=decision.reason)
+            return None
+        if decision.verdict == "hold":
+            delivery["status"] = "held"
+            await outreach.set_status(
+                conn,
+                delivery["id"],
+                now,
+                status="held",
+                reason=decision.reason,
+                due_at=decision.until,
+            )
+            return None
+        await outreach.set_status(
+            conn,
+            delivery["id"],
+            now,
+            status="sending",
+            attempts=delivery["attempts"] + 1,
+            local_date=today.isoformat(),
+        )
+        return {**delivery, "customer": customer}
+
+    async def _send(self, delivery: dict[str, Any]) -> str:
+        try:
+            message = await self._message(delivery)
+            result = await self.channels[delivery["channel"]].send(message)
+        except (TemplateError, KeyError, ValueError) as exc:
+            async with self.db.transaction() as conn:
+                await self._finish(conn, delivery, "failed", error=str(exc))
+            return "failed"
+        async with self.db.transaction() as conn:
+            if result.ok:
+                await self._finish(conn, delivery, "sent")
+                return "sent"
+            if result.retryable and delivery["attempts"] + 1 < MAX_ATTEMPTS:
+                await self._retry_later(conn, delivery, result.detail)
+                return "failed"
+            await self._finish(conn, delivery, "failed", error=result.detail)
+        return "failed"
+
+    async def _message(self, delivery: dict[str, Any]) -> Message:
+        customer = delivery["customer"]
+        async with self.db.read() as conn:
+            stored = await outreach.get_template(conn, delivery["template"])
+        if stored is None:
+            raise ValueError(f"no template {delivery['template']!r}")
+        template = Template(stored["id"], stored["channel"], stored["subject"], stored["body"])
+        unsubscribe = self.unsubscribe_url(delivery["customer_id"])
+        subject, body = render(
+            template,
+            {"contact": customer, "delivery": delivery["context"], "unsubscribe_url": unsubscribe},
+        )
+        to = _address(delivery["channel"], customer)
+        return Message(
+            delivery_id=delivery["id"],
+            to=to,
+            subject=subject,
+            body=body,
+            channel=delivery["channel"],
+            metadata={"unsubscribe_url": unsubscribe, "rule_id": delivery["rule_id"]},
+        )
+
+    async def _retry_later(self, conn: Any, delivery: dict[str, Any], detail: str) -> None:
+        # Exponential backoff with jitter, so a recovering endpoint is not hit all at once.
+        delay = min(3600.0, 30.0 * 2 ** delivery["attempts"]) * (0.5 + random.random() / 2)
+        await outreach.set_status(
+            conn,
+            delivery["id"],
+            self.now(),
+            status="scheduled",
+            error=detail,
+            due_at=self.now() + timedelta(seconds=delay),
+        )
+
+    async def _finish(
+        self,
+        conn: Any,
+        delivery: dict[str, Any],
+        outcome: str,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        now = self.now()
+        extra = {"sent_at": now} if outcome == "sent" else {}
+        await outreach.set_status(
+            conn, delivery["id"], now, status=outcome, reason=reason, error=error, **extra
+        )
+        event = outreach_event(delivery, outcome, reason=reason, error=error, at=now)  # type: ignore[arg-type]
+        await self.outbox.add(
+            conn, [OutgoingMessage(OUTREACH, delivery["customer_id"], event)], now
+        )
+
+
+def _address(channel: str, customer: dict[str, Any]) -> str:
+    address = customer.get("phone") if channel == "sms" else customer.get("email")
+    if channel in ("webhook", "push", "log"):
+        return str(customer.get("customer_id") or "")
+    if not address:
+        raise ValueError(
+            f"no {'phone number' if channel == 'sms' else 'email address'} known for this customer"
+        )
+    return str(address)

@@ -1,0 +1,198 @@
+"""Consumed events: keep the customer view current, cancel what a new event makes
+pointless, and schedule a message for every rule an event fires (once per rule, customer
+and triggering event, however often the event is delivered)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.events import Event, EventData
+from crm_shared.events.catalog import (
+    ConsentChanged,
+    ContactCreated,
+    ContactMerged,
+    ContactUpdated,
+    FeedbackSubmitted,
+    ScoreChanged,
+    StageChanged,
+)
+from crm_shared.messaging.topics import OUTREACH
+from crm_shared.store.outbox import Outbox, OutgoingMessage
+from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
+from notifications.handlers.messages import outreach_event
+from notifications.store import outreach
+
+PROFILE = ("first_name", "time_zone", "locale", "tags", "attributes")
+
+
+class Triggers:
+    def __init__(self, outbox: Outbox, wall: Callable[[], datetime]) -> None:
+        self.outbox = outbox
+        self.wall = wall
+        self.event_clock: datetime | None = None
+
+    async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
+        now = self.wall()
+        views = await outreach.load_customers(conn, {e.subject for e in events})
+        fired: list[TriggerEvent] = []
+        for event in events:
+            view = views.setdefault(event.subject, outreach.blank_customer(event.subject, now))
+            fired += _observe(view, event)
+            self._tick(event.time)
+        await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
+        await self._cancel(conn, events, now)
+        await self._schedule(conn, fired, views, now)
+
+    def _tick(self, moment: datetime) -> None:
+        if self.event_clock is None or moment > self.event_clock:
+            self.event_clock = moment
+
+    async def _schedule(
+        self,
+        conn: AsyncConnection,
+        fired: list[TriggerEvent],
+        views: dict[str, dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        if not fired:
+            return
+        rules = await outreach.active_rules(conn)
+        rows = [
+            _delivery(rule, trigger, views[trigger.customer_id], now)
+            for trigger in fired
+            for rule in rules
+            if fires(rule, trigger) and holds(rule.conditions, views[trigger.customer_id])
+        ]
+        await outreach.add_deliveries(conn, rows)
+
+    async def _cancel(
+        self, conn: AsyncConnection, events: list[Event[EventData]], now: datetime
+    ) -> None:
+        """A scheduled message whose rule names this event type is cancelled (for instance
+        the win-back mail when the customer buys before it goes out)."""
+        pending = await outreach.cancellable(conn, {e.subject for e in events})
+        for delivery in pending:
+            for event in events:
+                if (
+                    event.subject == delivery["customer_id"]
+                    and event.type in delivery["cancel_on"]
+                    and event.time >= delivery["trigger_time"]
+                ):
+                    reason = f"cancelled by {event.type} ({event.id})"
+                    await outreach.set_status(
+                        conn, delivery["id"], now, status="suppressed", reason=reason
+                    )
+                    await self.outbox.add(conn, [_suppressed(delivery, reason)], now)
+                    break
+
+
+def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent]:
+    """Update the view from one event; return the triggers it is."""
+    data, who, at = event.data, event.subject, event.time
+    if isinstance(data, ContactCreated | ContactUpdated):
+        _profile(view, data.profile if isinstance(data, ContactCreated) else data.changes)
+        return []
+    if isinstance(data, ConsentChanged):
+        view["consent"] = {
+            **view["consent"],
+            data.channel: {
+                "status": data.status,
+                "source": data.source,
+                "changed_at": data.changed_at.isoformat(),
+            },
+        }
+        return []
+    if isinstance(data, ContactMerged):
+        return []  # the survivor's own events carry on; the merged contacts stop here
+    if isinstance(data, StageChanged):
+        view["stage"] = data.to_stage
+        if data.correction:
+            return []  # a corrected past is not news to the customer
+        left = [TriggerEvent(who, event.id, "stage_left", at, data.to_stage, data.from_stage)]
+        return [TriggerEvent(who, event.id, "stage_entered", at, data.to_stage), *left]
+    if isinstance(data, ScoreChanged):
+        return _score(view, event.id, who, at, data)
+    nps = data.nps if isinstance(data, FeedbackSubmitted) else None
+    return [TriggerEvent(who, event.id, "event", at, event.type, nps=nps)]
+
+
+def _profile(view: dict[str, Any], fields: dict[str, Any]) -> None:
+    for name in PROFILE:
+        if name in fields:
+            view[name] = (
+                fields[name]
+                if fields[name] is not None
+                else ([] if name == "tags" else {} if name == "attributes" else None)
+            )
+    if "emails" in fields:
+        view["email"] = (fields["emails"] or [None])[0]
+    if "phones" in fields:
+        view["phone"] = (fields["phones"] or [None])[0]
+    if "birthday" in fields:
+        view["birthday"] = fields["birthday"]
+
+
+def _score(
+    view: dict[str, Any], event_id: str, who: str, at: datetime, data: ScoreChanged
+) -> list[TriggerEvent]:
+    fired = []
+    if data.risk_band != view["risk_band"]:
+        fired.append(TriggerEvent(who, event_id, "risk_band", at, data.risk_band))
+    if data.tier is not None and data.tier != view["tier"]:
+        fired.append(TriggerEvent(who, event_id, "tier", at, data.tier))
+    view.update(tier=data.tier, risk_band=data.risk_band, churn_risk=data.churn_risk, clv=data.clv)
+    return fired
+
+
+def _delivery(
+    rule: Rule, trigger: TriggerEvent, view: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    context = {
+        "stage": view["stage"],
+        "tier": view["tier"],
+        "risk_band": view["risk_band"],
+        "churn_risk": view["churn_risk"],
+        "clv": view["clv"],
+        "consent": view["consent"],
+        "trigger": {
+            "kind": trigger.kind,
+            "value": trigger.value,
+            "event_id": trigger.event_id,
+            "time": trigger.time.isoformat(),
+        },
+    }
+    return {
+        "id": str(uuid.uuid4()),
+        "idempotency_key": idempotency_key(rule, trigger),
+        "rule_id": rule.id,
+        "rule_version": rule.version,
+        "customer_id": trigger.customer_id,
+        "channel": rule.action.channel,
+        "template": rule.action.template,
+        "transactional": rule.action.transactional,
+        "status": "scheduled",
+        "reason": None,
+        "error": None,
+        "due_at": trigger.time + timedelta(seconds=rule.delay_seconds),
+        "trigger_event_id": trigger.event_id,
+        "trigger_kind": trigger.kind,
+        "trigger_time": trigger.time,
+        "cancel_on": rule.cancel_on,
+        "context": context,
+        "attempts": 0,
+        "local_date": None,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+    }
+
+
+def _suppressed(delivery: dict[str, Any], reason: str) -> OutgoingMessage:
+    return OutgoingMessage(
+        OUTREACH, delivery["customer_id"], outreach_event(delivery, "suppressed", reason=reason)
+    )

@@ -1,0 +1,220 @@
+"""Reads and writes of notifications' tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crm_shared.store.sql import upsert
+from notifications.domain.rules import Rule, RuleBody
+from notifications.store.tables import customers, deliveries, rule_versions, rules, templates
+
+CUSTOMER_DEFAULTS: dict[str, Any] = {
+    "email": None,
+    "phone": None,
+    "first_name": None,
+    "time_zone": None,
+    "locale": None,
+    "birthday": None,
+    "tags": [],
+    "attributes": {},
+    "consent": {},
+    "stage": None,
+    "tier": None,
+    "risk_band": None,
+    "churn_risk": None,
+    "clv": None,
+    "merged_into": None,
+}
+
+
+async def load_customers(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = list(set(ids))
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), 1000):
+        query = select(customers).where(customers.c.customer_id.in_(wanted[start : start + 1000]))
+        found.update({r.customer_id: dict(r._mapping) for r in await conn.execute(query)})
+    return found
+
+
+def blank_customer(customer_id: str, now: datetime) -> dict[str, Any]:
+    return {"customer_id": customer_id, **CUSTOMER_DEFAULTS, "updated_at": now}
+
+
+async def save_customers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    await upsert(conn, customers, list(rows), key=["customer_id"])
+
+
+async def active_rules(conn: AsyncConnection) -> list[Rule]:
+    rows = await conn.execute(select(rules).where(rules.c.enabled.is_(True)))
+    return [rule_of(r._mapping) for r in rows]
+
+
+def rule_of(row: Any) -> Rule:
+    return Rule.model_validate({**row["body"], "id": row["id"], "version": row["version"]})
+
+
+async def all_rules(conn: AsyncConnection) -> list[Rule]:
+    return [rule_of(r._mapping) for r in await conn.execute(select(rules).order_by(rules.c.id))]
+
+
+async def get_rule(conn: AsyncConnection, rule_id: str) -> Rule | None:
+    row = (await conn.execute(select(rules).where(rules.c.id == rule_id))).first()
+    return rule_of(row._mapping) if row else None
+
+
+async def put_rule(conn: AsyncConnection, rule_id: str, body: RuleBody, now: datetime) -> Rule:
+    """Create the rule or make a new version of it; every version is kept."""
+    current = await get_rule(conn, rule_id)
+    version = 1 if current is None else current.version + 1
+    data = body.model_dump(mode="json")
+    await upsert(
+        conn,
+        rules,
+        [
+            {
+                "id": rule_id,
+                "version": version,
+                "enabled": body.enabled,
+                "body": data,
+                "updated_at": now,
+            }
+        ],
+        key=["id"],
+    )
+    await conn.execute(
+        rule_versions.insert().values(rule_id=rule_id, version=version, body=data, created_at=now)
+    )
+    return Rule.model_validate({**data, "id": rule_id, "version": version})
+
+
+async def rule_history(conn: AsyncConnection, rule_id: str) -> list[dict[str, Any]]:
+    query = (
+        select(rule_versions)
+        .where(rule_versions.c.rule_id == rule_id)
+        .order_by(rule_versions.c.version)
+    )
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def get_template(conn: AsyncConnection, template_id: str) -> dict[str, Any] | None:
+    row = (await conn.execute(select(templates).where(templates.c.id == template_id))).first()
+    return dict(row._mapping) if row else None
+
+
+async def put_template(
+    conn: AsyncConnection,
+    template_id: str,
+    channel: str,
+    subject: str | None,
+    body: str,
+    now: datetime,
+) -> dict[str, Any]:
+    current = await get_template(conn, template_id)
+    row = {
+        "id": template_id,
+        "version": 1 if current is None else current["version"] + 1,
+        "channel": channel,
+        "subject": subject,
+        "body": body,
+        "updated_at": now,
+    }
+    await upsert(conn, templates, [row], key=["id"])
+    return row
+
+
+async def add_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Schedule messages; one already scheduled for the same key is kept as it is."""
+    if rows:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(deliveries).on_conflict_do_nothing(
+            index_elements=["idempotency_key"]
+        )
+        await conn.execute(statement, list(rows))
+
+
+async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
+    query = select(deliveries).where(
+        deliveries.c.customer_id.in_(list(set(customer_ids))),
+        deliveries.c.status.in_(("scheduled", "held")),
+    )
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[dict[str, Any]]:
+    query = (
+        select(deliveries)
+        .where(deliveries.c.status.in_(("scheduled", "held")), deliveries.c.due_at <= now)
+        .order_by(deliveries.c.due_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # replicas take different messages
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def set_status(conn: AsyncConnection, delivery_id: str, now: datetime, **values: Any) -> None:
+    await conn.execute(
+        update(deliveries).where(deliveries.c.id == delivery_id).values(updated_at=now, **values)
+    )
+
+
+async def sent_count(
+    conn: AsyncConnection, customer_id: str, channel: str, since_local_date: str
+) -> int:
+    query = (
+        select(func.count())
+        .select_from(deliveries)
+        .where(
+            deliveries.c.customer_id == customer_id,
+            deliveries.c.channel == channel,
+            deliveries.c.status.in_(("sent", "sending")),
+            deliveries.c.local_date >= since_local_date,
+        )
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def interrupted(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Messages caught between 'sending' and its outcome (the process stopped)."""
+    rows = await conn.execute(select(deliveries).where(deliveries.c.status == "sending"))
+    return [dict(r._mapping) for r in rows]
+
+
+async def list_deliveries(
+    conn: AsyncConnection,
+    *,
+    customer_id: str | None,
+    status: str | None,
+    rule_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    query = select(deliveries).order_by(deliveries.c.created_at, deliveries.c.id)
+    for column, value in (
+        (deliveries.c.customer_id, customer_id),
+        (deliveries.c.status, status),
+        (deliveries.c.rule_id, rule_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if cursor:
+        created, _, last_id = cursor.partition("|")
+        try:
+            moment = datetime.fromisoformat(created)
+        except ValueError as exc:
+            raise ValueError("cursor: not a cursor this API returned") from exc
+        query = query.where(
+            (deliveries.c.created_at > moment)
+            | and_(deliveries.c.created_at == moment, deliveries.c.id > last_id)
+        )
+    rows = [dict(r._mapping) for r in await conn.execute(query.limit(limit + 1))]
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], f"{last['created_at'].isoformat()}|{last['id']}"

@@ -1,0 +1,282 @@
+"""Notifications on a real database, with a real SMTP server: triggers, consent, caps,
+quiet hours, delays and cancellation, redelivery, a restart in the middle of sending."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from crm_shared.events import CATALOG, CloudEvent, Event, EventData
+from notifications.bootstrap import create_app, seed
+from notifications.handlers.dispatch import Dispatcher
+from notifications.handlers.triggers import Triggers
+from notifications.settings import NotificationsSettings
+from notifications.store import outreach
+from tests.support.apps import api_client
+from tests.support.mailbox import Mailbox, mailbox
+
+NOON = datetime(2026, 6, 10, 10, 0, tzinfo=UTC)  # 12:00 in Berlin
+
+
+def ev(
+    type_: str, subject: str, data: dict[str, Any], at: datetime, event_id: str | None = None
+) -> Event[EventData]:
+    return CATALOG.validate(
+        CloudEvent.model_validate(
+            {
+                "specversion": "1.0",
+                "id": event_id or str(uuid.uuid4()),
+                "source": "test",
+                "type": type_,
+                "subject": subject,
+                "time": at.isoformat(),
+                "data": data,
+            }
+        )
+    )
+
+
+def contact(customer: str, at: datetime, *, consent: bool = True) -> list[Event[EventData]]:
+    created = ev(
+        "crm.contact.created.v1",
+        customer,
+        {
+            "contact_id": customer,
+            "origin": "api",
+            "profile": {
+                "first_name": "Ada",
+                "emails": [f"{customer}@example.com"],
+                "time_zone": "Europe/Berlin",
+            },
+        },
+        at,
+    )
+    if not consent:
+        return [created]
+    return [
+        created,
+        ev(
+            "crm.contact.consent_changed.v1",
+            customer,
+            {
+                "contact_id": customer,
+                "channel": "email",
+                "status": "granted",
+                "source": "form",
+                "changed_at": at.isoformat(),
+            },
+            at,
+        ),
+    ]
+
+
+def stage(
+    customer: str, to: str, at: datetime, *, correction: bool = False, event_id: str | None = None
+) -> Event[EventData]:
+    return ev(
+        "crm.lifecycle.stage_changed.v1",
+        customer,
+        {
+            "customer_id": customer,
+            "from_stage": "active",
+            "to_stage": to,
+            "reason": "inactivity",
+            "occurred_at": at.isoformat(),
+            "policy_version": "default-1",
+            "correction": correction,
+        },
+        at,
+        event_id,
+    )
+
+
+@pytest.fixture
+def smtp() -> Iterator[Mailbox]:
+    with mailbox() as box:
+        yield box
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app(database_url: str, smtp: Mailbox) -> AsyncIterator[FastAPI]:
+    settings = NotificationsSettings(
+        database_url=database_url, smtp_host=smtp.host, smtp_port=smtp.port
+    )
+    application = create_app(settings)
+    async with api_client(application):
+        await seed(application.state.runtime)
+        yield application
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+def body_of(mail: Message) -> str:
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
+async def feed(app: FastAPI, events: list[Event[EventData]]) -> None:
+    triggers: Triggers = app.state.triggers
+    async with app.state.runtime.db.transaction() as conn:
+        await triggers.on_events(conn, events)
+
+
+async def dispatch(app: FastAPI, at: datetime) -> Any:
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.now = Clock(at)
+    return await dispatcher.run_once()
+
+
+async def deliveries(client: httpx.AsyncClient, customer: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = (await client.get(f"/v1/customers/{customer}/deliveries")).json()[
+        "items"
+    ]
+    return items
+
+
+async def test_a_dormant_customer_gets_one_wake_up_mail_after_the_delay(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    dormant = stage("c1", "dormant", NOON, event_id="t1")
+    await feed(app, [*contact("c1", NOON - timedelta(days=30)), dormant])
+    await feed(app, [dormant])  # redelivered: still one message
+    [scheduled] = await deliveries(client, "c1")
+    assert (scheduled["rule_id"], scheduled["status"]) == ("wake_up", "scheduled")
+    assert scheduled["context"]["stage"] == "dormant" and scheduled["rule_version"] == 1
+    assert (await dispatch(app, NOON + timedelta(days=1))).sent == 0  # not due yet
+    assert (await dispatch(app, NOON + timedelta(days=3))).sent == 1
+    assert (await dispatch(app, NOON + timedelta(days=3, hours=1))).sent == 0
+    [mail] = smtp.to("c1@example.com")
+    assert "unsubscribe" in body_of(mail).lower()
+    assert (await deliveries(client, "c1"))[0]["status"] == "sent"
+
+
+async def test_a_purchase_before_the_delay_ends_cancels_the_message(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("c2", NOON), stage("c2", "dormant", NOON)])
+    purchase = ev(
+        "crm.purchase.completed.v1",
+        "c2",
+        {"order_id": "o", "amount": "5", "currency": "EUR"},
+        NOON + timedelta(days=1),
+    )
+    await feed(app, [purchase])
+    [cancelled] = await deliveries(client, "c2")
+    assert cancelled["status"] == "suppressed"
+    assert cancelled["reason"].startswith("cancelled by crm.purchase.completed.v1")
+    await dispatch(app, NOON + timedelta(days=4))
+    assert smtp.to("c2@example.com") == []
+
+
+async def test_no_consent_no_marketing_mail(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("c3", NOON, consent=False), stage("c3", "churned", NOON)])
+    await dispatch(app, NOON)
+    [suppressed] = await deliveries(client, "c3")
+    assert (suppressed["status"], suppressed["reason"]) == (
+        "suppressed",
+        "no consent on email (not given)",
+    )
+
+
+async def test_caps_count_the_customers_local_day(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    late = datetime(2026, 6, 10, 18, 0, tzinfo=UTC)  # 20:00 in Berlin, before quiet hours
+    await feed(app, [*contact("c4", late), stage("c4", "churned", late, event_id="a")])
+    assert (await dispatch(app, late)).sent == 1
+    # A second message at 20:30 Berlin the same local day: capped (one a day).
+    await feed(app, [stage("c4", "new", late, event_id="b")])
+    await dispatch(app, late + timedelta(minutes=30))
+    statuses = [(d["rule_id"], d["status"]) for d in await deliveries(client, "c4")]
+    assert statuses == [("win_back", "sent"), ("welcome", "suppressed")]
+
+
+async def test_quiet_hours_hold_a_message_until_morning_in_the_customers_time_zone(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    night = datetime(2026, 6, 10, 22, 30, tzinfo=UTC)  # 00:30 in Berlin
+    await feed(app, [*contact("c5", night), stage("c5", "churned", night)])
+    assert (await dispatch(app, night)).held == 1
+    [held] = await deliveries(client, "c5")
+    assert held["status"] == "held" and held["due_at"].startswith("2026-06-11T06:00")
+    assert (await dispatch(app, datetime(2026, 6, 11, 6, 0, tzinfo=UTC))).sent == 1
+    assert len(smtp.to("c5@example.com")) == 1
+
+
+async def test_a_stage_change_that_is_a_correction_sends_nothing(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, [*contact("c6", NOON), stage("c6", "churned", NOON, correction=True)])
+    assert await deliveries(client, "c6") == []
+
+
+async def test_a_restart_in_the_middle_of_sending_is_reported_not_repeated(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("c7", NOON), stage("c7", "churned", NOON)])
+    [scheduled] = await deliveries(client, "c7")
+    async with app.state.runtime.db.transaction() as conn:  # the process died mid-send
+        await outreach.set_status(conn, scheduled["id"], NOON, status="sending")
+    dispatcher: Dispatcher = app.state.dispatcher
+    assert await dispatcher.recover() == 1
+    [failed] = await deliveries(client, "c7")
+    assert failed["status"] == "failed" and "outcome unknown" in failed["error"]
+    await dispatch(app, NOON + timedelta(hours=1))
+    assert smtp.to("c7@example.com") == []
+
+
+async def test_templates_preview_and_rules_are_versioned(client: httpx.AsyncClient) -> None:
+    preview = await client.post("/v1/templates/wake_up/preview", json={})
+    assert preview.status_code == 200 and "Ada" in preview.json()["body"]
+    broken = await client.put(
+        "/v1/templates/oops",
+        json={"channel": "email", "subject": "Hi", "body": "Hello {{ contact.nickname }}"},
+    )
+    assert broken.status_code == 422 and "nickname" in broken.json()["detail"]
+    rule = (await client.get("/v1/rules/wake_up")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    changed = await client.put("/v1/rules/wake_up", json={**body, "delay_seconds": 86400})
+    assert changed.json()["version"] == 2
+    assert len((await client.get("/v1/rules/wake_up")).json()["versions"]) == 2
+
+
+async def test_the_unsubscribe_link_records_the_opt_out(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("c8", NOON), stage("c8", "churned", NOON)])
+    await dispatch(app, NOON)
+    [mail] = smtp.to("c8@example.com")
+    text = body_of(mail)
+    link = next(word for word in text.split() if "unsubscribe?token=" in word)
+    token = httpx.URL(link).params["token"]
+    answer = await client.get("/v1/unsubscribe", params={"token": token})
+    assert answer.json() == {"customer_id": "c8", "channel": "email", "status": "revoked"}
+    forged = await client.get("/v1/unsubscribe", params={"token": token[:-2] + "xx"})
+    assert forged.status_code == 400
+    await feed(app, [stage("c8", "dormant", NOON + timedelta(days=2))])
+    await dispatch(app, NOON + timedelta(days=6))
+    assert [d["status"] for d in await deliveries(client, "c8")] == ["sent", "suppressed"]
