@@ -141,7 +141,14 @@ def test_a_message_due_in_quiet_hours_is_held_until_they_end_in_local_time() -> 
     assert quiet_until(T, BERLIN, Safeguards()) is None  # 14:00 in Berlin
 
 
-def test_a_message_held_too_long_is_suppressed() -> None:
-    night = datetime(2026, 6, 10, 21, 30, tzinfo=UTC)
-    decision = verdict(now=night, due_at=night - timedelta(hours=30))
+def test_a_message_held_longer_than_allowed_is_suppressed() -> None:
+    night = datetime(2026, 6, 10, 21, 30, tzinfo=UTC)  # 23:30 in Berlin: 8.5 h to 08:00
+    strict = Safeguards(max_hold=timedelta(hours=4))
+    decision = verdict(now=night, due_at=night - timedelta(hours=30), rules=strict)
     assert (decision.verdict, decision.reason) == ("suppress", "quiet hours expired")
+    assert verdict(now=night, due_at=night - timedelta(days=20)).verdict == "hold"
+
+
+def test_a_message_long_overdue_is_stale_not_sent() -> None:
+    decision = verdict(due_at=T - timedelta(days=45))
+    assert (decision.verdict, decision.reason) == ("suppress", "stale: due 45 days ago")

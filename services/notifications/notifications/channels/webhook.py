@@ -133,7 +133,7 @@ class WebhookChannel:
         self._pause_after = pause_after
         self._pause_for = pause_for
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient()
+        self._client = client if client is not None else httpx.AsyncClient()
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()

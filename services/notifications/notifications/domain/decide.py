@@ -24,6 +24,8 @@ class Safeguards(BaseModel):
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
     max_hold: timedelta = timedelta(hours=36)
+    # Replays and backfills must not mail customers about the distant past.
+    max_overdue: timedelta = timedelta(days=30)
     transactional_bypasses_caps: bool = True
     default_time_zone: str = "UTC"
 
@@ -63,6 +65,8 @@ def decide(
     rules: Safeguards,
 ) -> Decision:
     """Send, hold until the quiet hours end, or suppress with the reason."""
+    if now - due_at > rules.max_overdue:
+        return Decision("suppress", f"stale: due {(now - due_at).days} days ago")
     needed = CONSENT_FOR.get(channel)
     if not transactional and needed is not None:
         status = (consent.get(needed) or {}).get("status")
@@ -76,7 +80,8 @@ def decide(
     opens = quiet_until(now, tz, rules)
     if opens is None:
         return Decision("send")
-    if opens - due_at > rules.max_hold:
+    # A message is held at most `max_hold` from when it could first have gone out.
+    if opens - max(due_at, now) > rules.max_hold:
         return Decision("suppress", "quiet hours expired")
     return Decision("hold", "quiet hours", opens)
 
