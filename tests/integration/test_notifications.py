@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from crm_shared.events import CATALOG, CloudEvent, Event, EventData
 from notifications.bootstrap import create_app, seed
+from notifications.handlers import birthdays
 from notifications.handlers.dispatch import Dispatcher
 from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
@@ -280,3 +281,40 @@ async def test_the_unsubscribe_link_records_the_opt_out(
     await feed(app, [stage("c8", "dormant", NOON + timedelta(days=2))])
     await dispatch(app, NOON + timedelta(days=6))
     assert [d["status"] for d in await deliveries(client, "c8")] == ["sent", "suppressed"]
+
+
+async def test_a_birthday_greeting_is_scheduled_on_the_day_where_the_customer_lives(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    rule = (await client.get("/v1/rules/birthday")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    assert (
+        await client.put("/v1/rules/birthday", json={**body, "enabled": True})
+    ).status_code == 200
+    now = datetime(2026, 6, 10, 13, 0, tzinfo=UTC)  # 01:00 on 11 June in Auckland
+    for who, tz in (("kiwi", "Pacific/Auckland"), ("berliner", "Europe/Berlin")):
+        await feed(
+            app,
+            [
+                ev(
+                    "crm.contact.created.v1",
+                    who,
+                    {
+                        "contact_id": who,
+                        "origin": "api",
+                        "profile": {
+                            "emails": [f"{who}@example.com"],
+                            "birthday": "1990-06-11",
+                            "time_zone": tz,
+                        },
+                    },
+                    now - timedelta(days=1),
+                )
+            ],
+        )
+    triggers: Triggers = app.state.triggers
+    for _ in range(2):  # the hourly job runs again: still one greeting this year
+        async with app.state.runtime.db.transaction() as conn:
+            await birthdays.run(triggers, conn, now, "UTC")
+    assert [d["rule_id"] for d in await deliveries(client, "kiwi")] == ["birthday"]
+    assert await deliveries(client, "berliner") == []

@@ -22,6 +22,7 @@ from notifications.channels.webhook import WebhookChannel
 from notifications.domain.playbooks import DEFAULT_PLAYBOOKS
 from notifications.domain.templates import DEFAULT_TEMPLATES
 from notifications.domain.unsubscribe import make_token
+from notifications.handlers import birthdays
 from notifications.handlers.dispatch import Dispatcher
 from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
@@ -88,6 +89,7 @@ def build(settings: NotificationsSettings) -> tuple[Runtime, Triggers, Dispatche
     runtime.every(
         "dispatcher", settings.dispatch_interval_s, _dispatch(runtime, dispatcher, settings)
     )
+    runtime.every("birthdays", 3600, _birthdays(runtime, triggers, now, settings))
     return runtime, triggers, dispatcher
 
 
@@ -110,6 +112,19 @@ def _dispatch(
                 return
 
     return dispatch
+
+
+def _birthdays(
+    runtime: Runtime,
+    triggers: Triggers,
+    now: Callable[[], datetime],
+    settings: NotificationsSettings,
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def greet() -> None:
+        async with runtime.db.transaction() as conn:
+            await birthdays.run(triggers, conn, now(), settings.safeguards.default_time_zone)
+
+    return greet
 
 
 async def seed(runtime: Runtime) -> None:

@@ -46,13 +46,13 @@ class Triggers:
             self._tick(event.time)
         await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
         await self._cancel(conn, events, now)
-        await self._schedule(conn, fired, views, now)
+        await self.schedule(conn, fired, views, now)
 
     def _tick(self, moment: datetime) -> None:
         if self.event_clock is None or moment > self.event_clock:
             self.event_clock = moment
 
-    async def _schedule(
+    async def schedule(
         self,
         conn: AsyncConnection,
         fired: list[TriggerEvent],
