@@ -318,3 +318,33 @@ async def test_a_birthday_greeting_is_scheduled_on_the_day_where_the_customer_li
             await birthdays.run(triggers, conn, now, "UTC")
     assert [d["rule_id"] for d in await deliveries(client, "kiwi")] == ["birthday"]
     assert await deliveries(client, "berliner") == []
+
+
+async def test_a_dry_run_reports_what_a_rule_would_have_done_without_sending(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(
+        app,
+        [
+            *contact("d1", NOON),
+            stage("d1", "churned", NOON),
+            *contact("d2", NOON, consent=False),
+            stage("d2", "churned", NOON),
+        ],
+    )
+    await feed(app, [stage("d1", "churned", NOON + timedelta(hours=1), event_id="again")])
+    report = (await client.post("/v1/rules/win_back/dry-run", params={"days": 365})).json()
+    assert report["would_schedule"] == 3
+    assert report["outcomes"] == {
+        "sent": 1,
+        "suppressed: no consent on email (not given)": 1,
+        "suppressed: capped": 1,
+    }
+    rule = (await client.get("/v1/rules/win_back")).json()["rule"]
+    draft = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    draft["action"] = {**draft["action"], "transactional": True}
+    report = (
+        await client.post("/v1/rules/win_back/dry-run", params={"days": 365}, json=draft)
+    ).json()
+    assert report["outcomes"] == {"sent": 3}
+    assert smtp.received == [] and len(await deliveries(client, "d1")) == 2  # nothing sent

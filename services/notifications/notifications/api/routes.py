@@ -18,6 +18,7 @@ from crm_shared.store.outbox import OutgoingMessage
 from notifications.domain.rules import Rule, RuleBody
 from notifications.domain.templates import Template, TemplateError, render
 from notifications.domain.unsubscribe import BadToken, read_token
+from notifications.handlers.dry_run import dry_run
 from notifications.store import outreach
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
@@ -80,6 +81,29 @@ async def put_rule(rule_id: str, body: RuleBody, runtime: RuntimeDep) -> Rule:
                 field="action.template",
             )
         return await outreach.put_rule(conn, rule_id, body, datetime.now(UTC))
+
+
+@router.post("/rules/{rule_id}/dry-run", responses=NOT_FOUND)
+async def dry_run_rule(
+    rule_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    days: Annotated[int, Query(ge=1, le=365, description="how far back to look")] = 30,
+    draft: RuleBody | None = None,
+) -> dict[str, Any]:
+    """How many messages the rule (or a draft of it, as body) would have sent, capped and
+    suppressed over the last `days` of triggers; nothing is sent or stored."""
+    async with runtime.db.read() as conn:
+        rule = await outreach.get_rule(conn, rule_id)
+        if rule is None and draft is None:
+            raise Problem(404, f"no rule {rule_id!r}")
+        if draft is not None:
+            rule = Rule.model_validate({**draft.model_dump(), "id": rule_id, "version": 0})
+        assert rule is not None
+        dispatcher = request.app.state.dispatcher
+        return await dry_run(
+            conn, rule, now=dispatcher.now(), days=days, safeguards=dispatcher.safeguards
+        )
 
 
 @router.get("/templates/{template_id}", responses=NOT_FOUND)

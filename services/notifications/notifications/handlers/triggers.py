@@ -24,6 +24,7 @@ from crm_shared.events.catalog import (
 from crm_shared.messaging.topics import OUTREACH
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
+from notifications.handlers.dry_run import log_triggers
 from notifications.handlers.messages import outreach_event
 from notifications.store import outreach
 
@@ -46,6 +47,7 @@ class Triggers:
             self._tick(event.time)
         await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
         await self._cancel(conn, events, now)
+        await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now)
 
     def _tick(self, moment: datetime) -> None:

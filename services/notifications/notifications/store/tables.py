@@ -91,3 +91,18 @@ deliveries = Table(
     Index("ix_deliveries_customer", "customer_id", "created_at"),
     Index("ix_deliveries_caps", "customer_id", "channel", "local_date"),
 )
+
+# Every trigger seen, so a rule can be tried out over past weeks without sending (dry run).
+trigger_log = Table(
+    "trigger_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(200), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("time", UtcDateTime(), nullable=False),
+    Column("value", String(200), nullable=True),
+    Column("left_stage", String(20), nullable=True),
+    Column("nps", Integer, nullable=True),
+    Index("ix_trigger_log_time", "time"),
+)

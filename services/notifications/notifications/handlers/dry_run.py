@@ -1,0 +1,106 @@
+"""Dry run: how a rule would have behaved over the last days of triggers, without sending.
+
+Every trigger of the window is matched against the rule and the customer's current view;
+each message it would have scheduled is decided as the dispatcher would at its due time
+(consent as it stands now, caps counting the dry run's own sends, quiet hours)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
+from notifications.domain.rules import Rule, TriggerEvent, fires, holds
+from notifications.store import outreach
+from notifications.store.tables import trigger_log
+
+
+async def log_triggers(conn: AsyncConnection, fired: list[TriggerEvent]) -> None:
+    if fired:
+        await conn.execute(
+            insert(trigger_log),
+            [
+                {
+                    "customer_id": t.customer_id,
+                    "event_id": t.event_id,
+                    "kind": t.kind,
+                    "time": t.time,
+                    "value": t.value,
+                    "left_stage": t.left,
+                    "nps": t.nps,
+                }
+                for t in fired
+            ],
+        )
+
+
+async def dry_run(
+    conn: AsyncConnection, rule: Rule, *, now: datetime, days: int, safeguards: Safeguards
+) -> dict[str, Any]:
+    query = (
+        select(trigger_log)
+        .where(trigger_log.c.time >= now - timedelta(days=days))
+        .order_by(trigger_log.c.time, trigger_log.c.id)
+    )
+    triggers = [
+        TriggerEvent(r.customer_id, r.event_id, r.kind, r.time, r.value, r.left_stage, r.nps)
+        for r in await conn.execute(query)
+    ]
+    views = await outreach.load_customers(conn, {t.customer_id for t in triggers})
+    outcomes: Counter[str] = Counter()
+    sent: dict[tuple[str, str], int] = defaultdict(int)
+    seen: set[tuple[str, str]] = set()
+    for trigger in triggers:
+        view = views.get(trigger.customer_id)
+        key = (trigger.customer_id, trigger.event_id)
+        if (
+            view is None
+            or key in seen
+            or not fires(rule, trigger)
+            or not holds(rule.conditions, view)
+        ):
+            continue
+        seen.add(key)
+        outcomes[_decided(rule, trigger, view, sent, safeguards)] += 1
+    return {
+        "rule": rule.id,
+        "days": days,
+        "triggers": len(triggers),
+        "would_schedule": sum(outcomes.values()),
+        "outcomes": dict(outcomes),
+    }
+
+
+def _decided(
+    rule: Rule,
+    trigger: TriggerEvent,
+    view: dict[str, Any],
+    sent: dict[tuple[str, str], int],
+    safeguards: Safeguards,
+) -> str:
+    due = trigger.time + timedelta(seconds=rule.delay_seconds)
+    tz = zone(view.get("time_zone"), safeguards.default_time_zone)
+    day = local_day(due, tz)
+    decision = decide(
+        channel=rule.action.channel,
+        transactional=rule.action.transactional,
+        consent=view.get("consent") or {},
+        tz=tz,
+        now=due,
+        due_at=due,
+        sent_today=sent[(trigger.customer_id, day.isoformat())],
+        sent_this_week=sum(
+            n
+            for (c, d), n in sent.items()
+            if c == trigger.customer_id and d >= week_start(day).isoformat()
+        ),
+        rules=safeguards,
+    )
+    if decision.verdict == "suppress":
+        return f"suppressed: {(decision.reason or '').split(':')[0]}"
+    sent[(trigger.customer_id, day.isoformat())] += 1
+    return "sent" if decision.verdict == "send" else "sent after quiet hours"
