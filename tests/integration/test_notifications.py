@@ -348,3 +348,43 @@ async def test_a_dry_run_reports_what_a_rule_would_have_done_without_sending(
     ).json()
     assert report["outcomes"] == {"sent": 3}
     assert smtp.received == [] and len(await deliveries(client, "d1")) == 2  # nothing sent
+
+
+async def test_score_and_feedback_triggers_schedule_their_playbooks(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    rule = (await client.get("/v1/rules/churn_warning")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    await client.put("/v1/rules/churn_warning", json={**body, "enabled": True})
+
+    def score(band: str, tier: str) -> Event[EventData]:
+        return ev(
+            "crm.score.changed.v1",
+            "s1",
+            {
+                "customer_id": "s1",
+                "model_version": "m1",
+                "tier": tier,
+                "risk_band": band,
+                "churn_risk": 0.7 if band == "high" else 0.1,
+                "clv": 100.0,
+                "p_alive": 0.3,
+                "reasons": ["risk band"],
+            },
+            NOON,
+        )
+
+    await feed(app, [*contact("s1", NOON), score("low", "A")])
+    assert await deliveries(client, "s1") == []
+    await feed(app, [score("high", "A")])
+    await feed(
+        app,
+        [
+            ev("crm.feedback.submitted.v1", "s1", {"nps": 3}, NOON),
+            ev("crm.feedback.submitted.v1", "s1", {"nps": 9}, NOON),
+        ],
+    )
+    scheduled = await deliveries(client, "s1")
+    assert [d["rule_id"] for d in scheduled] == ["churn_warning", "detractor_follow_up"]
+    assert scheduled[0]["context"]["risk_band"] == "high"
+    assert scheduled[1]["transactional"] is True
