@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench bench-lifecycle clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench bench-lifecycle bench-scoring clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -40,6 +40,9 @@ help:
 	@echo "make bench-lifecycle    lifecycle alone folding the full CDNOW master (event time),"
 	@echo "                        stage summary, rebuild; JSON in bench/results/"
 	@echo "                        (ARGS=\"--profile replay,rebuild\", see bench/README.md)"
+	@echo "make bench-scoring      scoring alone folding the CDNOW master, refit through its API,"
+	@echo "                        worklist, crm.scores; JSON in bench/results/"
+	@echo "                        (ARGS=\"--services lifecycle,scoring --profile replay,refit\")"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -83,6 +86,9 @@ bench: install
 
 bench-lifecycle: install
 	uv run python -m bench.lifecycle_replay $(ARGS)
+
+bench-scoring: install
+	uv run python -m bench.lifecycle_replay --services scoring $(ARGS)
 
 clean:
 	rm -rf var/

@@ -1,32 +1,40 @@
-"""How fast lifecycle alone folds the full CDNOW master (69,659 purchases, 23,570 customers).
+"""How fast lifecycle and/or scoring fold the full CDNOW master (69,659 purchases, 23,570
+customers), and what they end with.
 
 One run starts a fresh embedded broker and fresh SQLite databases (in a temporary directory),
 then measures:
 
 1. baseline: a raw aiokafka producer and consumer on that broker with exactly the records
    of the replay (the consume rate is the ceiling of reading them back);
-2. replay: ONLY lifecycle as a process (`CRM_CLOCK=event-time`), after a one-event warm-up
-   (a customer outside the data set, at the first purchase's time, so the clock does not
-   move past the data); every CDNOW purchase published in time order as the canonical
-   customer event contacts would publish, straight to `crm.customer-events` by one raw
-   producer (send futures gathered), timed from the first send until lifecycle's
-   `crm_events_consumed_total` grew by 69,659; then when its relay published every
-   transition;
-3. the stage summary afterwards (its `as_of` should be the last purchase, 1998-06-30), the
-   reference counts of the README's policy when `tests/support` is importable, and
-   `POST /v1/admin/rebuild`: how long it takes and whether the summary is the same after it;
-4. peak RSS and CPU of lifecycle, the broker and the bench.
+2. replay: ONLY the services named by `--services` (default lifecycle; `scoring`, or
+   `lifecycle,scoring` on the same broker) as processes (`CRM_CLOCK=event-time`), after a
+   one-event warm-up (a customer outside the data set, at the first purchase's time, so the
+   clock does not move past the data); every CDNOW purchase published in time order as the
+   canonical customer event contacts would publish, straight to `crm.customer-events` by
+   one raw producer (send futures gathered), timed from the first send until each
+   service's customer-events consumer (`crm_events_consumed_total`) grew by 69,659;
+3. lifecycle: when its relay published every transition, the stage summary afterwards (its
+   `as_of` should be the last purchase, 1998-06-30), the reference counts of the README's
+   policy when `tests/support` is importable, and `POST /v1/admin/rebuild`: how long it
+   takes and whether the summary is the same after it;
+4. scoring (its refit and rescore schedulers held off): `POST /v1/models/refit`, timed,
+   with the fitted parameters; the worklist by churn risk and by lifetime value; every
+   message on `crm.scores` once its relay published them all;
+5. peak RSS and CPU of the services, the broker and the bench.
 
-It prints a table and writes JSON to `bench/results/lifecycle-replay-<UTC timestamp>.json`.
-`--profile` samples lifecycle with py-spy during the replay (and/or the rebuild).
+It prints a table and writes JSON to `bench/results/<services>-replay-<UTC timestamp>.json`.
+`--profile` samples the services with py-spy during the replay (and/or rebuild, refit).
 
-    .venv/bin/python -m bench.lifecycle_replay [--profile replay,rebuild] [--limit 20000]
+    .venv/bin/python -m bench.lifecycle_replay [--services lifecycle,scoring] [--limit 20000]
+        [--profile replay,rebuild,refit]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -35,7 +43,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,19 +66,35 @@ from bench.observe import (
     Watcher,
     counters,
     memory_mib,
+    metric_sum,
+    read_metrics,
 )
 from bench.report import cpu_table, memory_lines, num, profile_lines
 from bench.workload import canonical_records
 from crm_shared.messaging.kafka import HEADER_CONTENT_TYPE
-from crm_shared.messaging.topics import ALL_TOPICS, CUSTOMER_EVENTS, ensure_topics
+from crm_shared.messaging.topics import ALL_TOPICS, CUSTOMER_EVENTS, SCORES, ensure_topics
 from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 
-NAME = "lifecycle-replay"
+NAME = "replay"  # results: <services>-replay-<stamp>.json, e.g. lifecycle-replay-...
 BASELINE_TOPIC = "bench.baseline"
-SERVICE = "lifecycle"
-PROCESSES = ("lifecycle", "broker", "bench")
-# As contacts' relay sends them (it adds its `crm-seq` too, which lifecycle does not read).
+SERVICES = ("lifecycle", "scoring")
+# The counter that says a service folded a customer event: its customer-events consumer's.
+FOLDED = {"lifecycle": "lifecycle.consumed", "scoring": "scoring.consumed"}
+OF_CUSTOMER_EVENTS = 'consumer="customer-events"'
+OF_LIFECYCLE = 'consumer="lifecycle"'  # scoring's consumer of crm.lifecycle
+# Scoring's schedulers run once at start (no buyers, no model yet: nothing to do), then not
+# again during a run; fits need 50 buyers, as by default.
+SCORING_ENV = {
+    "CRM_MIN_BUYERS_FOR_FIT": "50",
+    "CRM_REFIT_INTERVAL_H": "1000",
+    "CRM_RESCORE_INTERVAL_H": "1000",
+}
+# The published CDNOW parameters (weeks) scoring uses until its first fit (`prior`).
+PRIOR = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "p": 6.25, "q": 3.74, "gamma": 15.44}
+SCORE_CHANGED = "crm.score.changed.v1"
+REASONS = ("first score", "tier", "risk band", "churn risk", "lifetime value")
+# As contacts' relay sends them (it adds its `crm-seq` too, which the services do not read).
 HEADERS = [(HEADER_CONTENT_TYPE, b"application/cloudevents+json")]
 STAGES = ("prospect", "new", "active", "dormant", "churned")
 TARGET_SECONDS = 15.0  # the issue's target for the whole system (contacts and lifecycle)
@@ -81,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--services",
+        default="lifecycle",
+        help="services to run and measure, comma-separated: lifecycle, scoring or both",
+    )
     p.add_argument("--master", type=Path, help="CDNOW_master.txt (default: ../shared/data/...)")
     p.add_argument("--limit", type=int, help="replay only the first N purchases (in time order)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
@@ -91,20 +121,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="CRM_X=VALUE",
-        help="extra environment of lifecycle (repeatable), e.g. CRM_CONSUMER_MAX_RECORDS=1000",
+        help="extra environment of the services (repeatable), e.g. CRM_CONSUMER_MAX_RECORDS=1000",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the raw Kafka baseline")
     p.add_argument("--no-rebuild", action="store_true", help="skip POST /v1/admin/rebuild")
+    p.add_argument("--no-refit", action="store_true", help="skip POST /v1/models/refit")
     p.add_argument("--timeout", type=float, default=600.0, help="replay deadline (s)")
     p.add_argument("--drain-timeout", type=float, default=120.0, help="relay drain deadline (s)")
     p.add_argument("--rebuild-timeout", type=float, default=600.0, help="rebuild deadline (s)")
+    p.add_argument("--refit-timeout", type=float, default=600.0, help="refit deadline (s)")
     p.add_argument(
         "--profile",
         nargs="?",
         const="replay",
         default="",
         metavar="PHASES",
-        help="sample lifecycle with py-spy during replay and/or rebuild (bare: replay)",
+        help="sample the services with py-spy during replay, rebuild, refit (bare: replay)",
     )
     p.add_argument("--profile-idle", action="store_true", help="include idle (waiting) samples")
     p.add_argument("--profile-native", action="store_true", help="include C frames (slower)")
@@ -115,9 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-data", action="store_true", help="keep databases and logs")
     args = p.parse_args(argv)
     args.profile = [x.strip() for x in args.profile.split(",") if x.strip()]
-    unknown = set(args.profile) - {"replay", "rebuild"}
+    unknown = set(args.profile) - {"replay", "rebuild", "refit"}
     if unknown:
         p.error(f"unknown profile phases {sorted(unknown)}")
+    args.services = [x.strip() for x in args.services.split(",") if x.strip()]
+    if not args.services or set(args.services) - set(SERVICES):
+        p.error(f"--services: one or more of {', '.join(SERVICES)}")
+    args.services = [x for x in SERVICES if x in args.services]
     bad = [e for e in args.env if "=" not in e]
     if bad:
         p.error(f"--env wants NAME=VALUE, got {bad}")
@@ -143,7 +179,7 @@ def reference_counts(events: list[dict[str, Any]], now: datetime) -> dict[str, i
 
 
 class Run:
-    """One run: a fresh broker, the baseline, then lifecycle alone in a temporary directory."""
+    """One run: a fresh broker, the baseline, then the services in a temporary directory."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path, events: list[dict[str, Any]]):
         self.args = args
@@ -155,9 +191,12 @@ class Run:
         self.last_time = datetime.fromisoformat(events[-1]["time"])
         self.run_id = uuid.uuid4().hex[:6]
         self.warm_customer = f"bench-warm-{self.run_id}"
-        self.result: dict[str, Any] = {}
+        self.services: list[str] = args.services
+        self.folds = [FOLDED[s] for s in self.services]
+        self.result: dict[str, Any] = {"services": self.services}
         self.broker = Broker(log_path=workdir / "logs" / "broker.log")
         self.stack: Stack | None = None
+        self.clients: dict[str, httpx.AsyncClient] = {}
 
     # --- the run ---
 
@@ -170,9 +209,10 @@ class Run:
             if not args.no_baseline:
                 self.result["baseline"] = await self._baseline()
                 self.result["memory_after_baseline"] = memory_mib(self._pids())
-            env = dict(e.split("=", 1) for e in args.env)
+            env = dict(SCORING_ENV) if "scoring" in self.services else {}
+            env |= dict(e.split("=", 1) for e in args.env)
             self.stack = Stack(
-                [SERVICE],
+                self.services,
                 bootstrap=self.broker.bootstrap,
                 data_dir=self.workdir,
                 env={
@@ -184,31 +224,68 @@ class Run:
             )
             started = time.perf_counter()
             await self.stack.start_async()
-            self.result["lifecycle_ready_s"] = round(time.perf_counter() - started, 2)
+            self.result["services_ready_s"] = round(time.perf_counter() - started, 2)
             try:
-                await self._lifecycle()
+                await self._measure()
             finally:
                 self.result["memory"] = memory_mib(self._pids())
                 await self.stack.stop_async()
         return self.result
 
-    async def _lifecycle(self) -> None:
+    async def _measure(self) -> None:
         assert self.stack is not None
-        async with httpx.AsyncClient(
-            base_url=self.stack.url(SERVICE), timeout=httpx.Timeout(30.0), trust_env=False
-        ) as client:
-            watcher = Watcher(client, None)
+        async with contextlib.AsyncExitStack() as clients:
+            for name in self.services:
+                self.clients[name] = await clients.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=self.stack.url(name),
+                        timeout=httpx.Timeout(30.0),
+                        trust_env=False,
+                    )
+                )
+            lifecycle, scoring = self.clients.get("lifecycle"), self.clients.get("scoring")
+            watcher = Watcher(None, None, more=self._consumers(), sample=self.folds)
             self.result["warm_up"] = await self._warm_up(watcher)
-            await self._phase("replay", self._replay(client, watcher))
-            self.result["drain"] = await self._drain(client)
-            self.result["database"] = self._database()
-            self.result["summary"] = await self._summary(client)
-            if not self.args.no_rebuild:
-                await self._phase("rebuild", self._rebuild(client))
-            self.result["counters"] = await counters(
-                client, [CONSUMED, DUPLICATES, DEAD_LETTERED, PUBLISHED]
-            )
+            await self._phase("replay", self._replay(watcher), self.services)
+            if lifecycle is not None:
+                await self._lifecycle(lifecycle, scoring)
+            if scoring is not None:
+                await self._scoring(scoring)
+            self.result["counters"] = {
+                name: await counters(client, [CONSUMED, DUPLICATES, DEAD_LETTERED, PUBLISHED])
+                for name, client in self.clients.items()
+            }
             self._check_alive()
+
+    async def _lifecycle(
+        self, client: httpx.AsyncClient, scoring: httpx.AsyncClient | None
+    ) -> None:
+        self.result["drain"] = await self._drain(client)
+        if scoring is not None:  # scoring folds every transition lifecycle published, too
+            self.result["scoring_caught_up"] = await self._caught_up(scoring)
+        self.result["database"] = self._database()
+        self.result["summary"] = await self._summary(client)
+        if not self.args.no_rebuild:
+            await self._phase("rebuild", self._rebuild(client), ["lifecycle"])
+
+    async def _scoring(self, client: httpx.AsyncClient) -> None:
+        databases = {"after_fold": self._scoring_database()}
+        self.result["scoring_database"] = databases
+        if not self.args.no_refit:
+            await self._phase("refit", self._refit(client), ["scoring"])
+            self.result["worklist"] = await self._worklist(client)
+            databases["after_refit"] = self._scoring_database()
+        self.result["scores"] = await self._scores(client)
+
+    def _consumers(self) -> dict[str, tuple[httpx.AsyncClient, str]]:
+        """The consumers watched: name -> (service, label filter of its metrics)."""
+        out = {}
+        if "lifecycle" in self.clients:
+            out["lifecycle.consumed"] = (self.clients["lifecycle"], "")
+        if "scoring" in self.clients:
+            out["scoring.consumed"] = (self.clients["scoring"], OF_CUSTOMER_EVENTS)
+            out["scoring.lifecycle"] = (self.clients["scoring"], OF_LIFECYCLE)
+        return out
 
     def _pids(self) -> dict[str, int]:
         pids = {"bench": os.getpid()}
@@ -225,14 +302,16 @@ class Run:
                 "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
             )
 
-    async def _phase(self, name: str, measure: Coroutine[Any, Any, dict[str, Any]]) -> None:
-        """Run one phase, sampled with py-spy if `--profile` names it."""
+    async def _phase(
+        self, name: str, measure: Coroutine[Any, Any, dict[str, Any]], services: Sequence[str]
+    ) -> None:
+        """Run one phase, the `services` sampled with py-spy if `--profile` names it."""
         recordings: list[profiling.Recording] = []
         if name in self.args.profile and self.stack is not None:
-            pid = self.stack[SERVICE].pid
+            pids = {s: self.stack[s].pid for s in services}
             recordings = profiling.start_profiles(
                 name,
-                {SERVICE: pid} if pid else {},
+                {s: pid for s, pid in pids.items() if pid},
                 self.args.profile_dir,
                 rate=self.args.profile_rate,
                 idle=self.args.profile_idle,
@@ -243,6 +322,26 @@ class Run:
         finally:
             if recordings:
                 self.result.setdefault("profile", {})[name] = profiling.stop_profiles(recordings)
+
+    async def _until(
+        self, client: httpx.AsyncClient, metrics: Sequence[str], having: str, target: float | None
+    ) -> dict[str, Any]:
+        """Poll until the sum of `metrics` (samples whose labels contain `having`) reaches
+        `target`, at most `--drain-timeout` seconds."""
+        started = time.perf_counter()
+        deadline, value = started + self.args.drain_timeout, 0.0
+        while time.perf_counter() < deadline:
+            text = await read_metrics(client)
+            value = sum(metric_sum(text, m, having) for m in metrics)
+            if target is not None and value >= target:
+                break
+            await asyncio.sleep(0.1)
+        return {
+            "target": target,
+            "value": int(value),
+            "complete": target is not None and value >= target,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
     # --- phases ---
 
@@ -261,9 +360,13 @@ class Run:
 
     async def _warm_up(self, watcher: Watcher, within: float = 60.0) -> dict[str, Any]:
         """One purchase of a customer outside the data set, at the data's first time (so the
-        event-time clock stays put), until lifecycle applied it: the group forms here."""
+        event-time clock stays put), until every service applied it: the groups form here
+        (with both services, also scoring's on crm.lifecycle, from lifecycle's transition)."""
         day = datetime.fromisoformat(self.first_time).date()
         event = cdnow.purchase_event(cdnow.Purchase(self.warm_customer, day, 1, Decimal(0)), 1)
+        targets = dict.fromkeys(self.folds, 1)
+        if len(self.services) > 1:
+            targets["scoring.lifecycle"] = 1
         await watcher.snapshot()
         started = time.perf_counter()
         producer = phases.raw_producer(self.broker.bootstrap, self.args.linger_ms)
@@ -272,32 +375,37 @@ class Run:
             await phases.produce_all(producer, CUSTOMER_EVENTS, canonical_records([event]), HEADERS)
         finally:
             await producer.stop()
-        progress = await watcher.until({"lifecycle.consumed": 1}, started, started + within)
+        progress = await watcher.until(targets, started, started + within)
         self._check_alive()
         if not progress.complete:
-            raise phases.BenchError(f"warm-up: lifecycle did not apply the event in {within}s")
+            raise phases.BenchError(f"warm-up: not all of {progress.reached} within {within}s")
+        reached = {k: round(v or 0.0, 2) for k, v in progress.reached.items()}
         return {
             "customer": self.warm_customer,
             "time": event["time"],
-            "seconds": round(progress.reached["lifecycle.consumed"] or 0.0, 2),
+            "seconds": max(reached.values()),
+            "reached": reached,
         }
 
-    async def _replay(self, client: httpx.AsyncClient, watcher: Watcher) -> dict[str, Any]:
-        """Every purchase to crm.customer-events; time until lifecycle applied them all."""
+    async def _replay(self, watcher: Watcher) -> dict[str, Any]:
+        """Every purchase to crm.customer-events; time until each service applied them all."""
         n, within = len(self.records), self.args.timeout
         producer = phases.raw_producer(self.broker.bootstrap, self.args.linger_ms)
         await producer.start()
         try:
             await producer.partitions_for(CUSTOMER_EVENTS)  # metadata before the clock starts
             await watcher.snapshot()
-            server = ServerStats(client, None)
+            consumers = {
+                k.removesuffix(".consumed").replace(".", "_"): v
+                for k, v in self._consumers().items()
+            }
+            server = ServerStats(None, None, more=consumers)
             await server.start()
             meter = CpuMeter(self._pids())
             meter.start()
             started = time.perf_counter()
-            watch = asyncio.create_task(
-                watcher.until({"lifecycle.consumed": n}, started, started + within)
-            )
+            targets = dict.fromkeys(self.folds, n)
+            watch = asyncio.create_task(watcher.until(targets, started, started + within))
             try:
                 await asyncio.wait_for(
                     phases.produce_all(producer, CUSTOMER_EVENTS, self.records, HEADERS), within
@@ -312,40 +420,57 @@ class Run:
             await producer.stop()
         self._check_alive()
         stats = await server.stop()
-        done = progress.reached.get("lifecycle.consumed")
         baseline = self.result.get("baseline", {}).get("consume", {}).get("rate")
-        rate = phases.rate(n, done)
+
+        def fold(done: float | None, applied: float) -> dict[str, Any]:
+            rate = phases.rate(n, done)
+            return {
+                "complete": done is not None,
+                "seconds": round(done, 3) if done is not None else None,
+                "rate": rate,
+                "vs_raw_consume": round(rate / baseline, 4) if rate and baseline else None,
+                "applied": int(applied),
+            }
+
+        folds = {
+            service: fold(progress.reached.get(key), progress.last.get(key, 0.0))
+            for service, key in zip(self.services, self.folds, strict=True)
+        }
+        times = [f["seconds"] for f in folds.values()]
         return {
             "events": n,
             "customers": self.customers,
-            "complete": done is not None,
-            "seconds": round(done, 3) if done is not None else None,
-            "rate": rate,
-            "vs_raw_consume": round(rate / baseline, 4) if rate and baseline else None,
-            "applied": int(progress.last.get("lifecycle.consumed", 0.0)),
+            # All services, as lifecycle's alone before `--services`: until the last folded.
+            **fold(
+                None if None in times else max(times),
+                min(f["applied"] for f in folds.values()),
+            ),
+            "folds": folds,
             "produce_seconds": round(produced, 3),
             "produce_rate": phases.rate(n, produced),
             "server": stats,
             "cpu": cpu,
+            "timeline_columns": ["seconds", *self.folds],
             "timeline": progress.samples,
         }
 
     async def _drain(self, client: httpx.AsyncClient) -> dict[str, Any]:
         """Wait until lifecycle's relay published every transition it stored (bounded)."""
         stored = self._database().get("transitions")
-        started = time.perf_counter()
-        deadline, published = started + self.args.drain_timeout, 0.0
-        while time.perf_counter() < deadline:
-            published = (await counters(client, [PUBLISHED]))[PUBLISHED]
-            if stored is not None and published >= stored:
-                break
-            await asyncio.sleep(0.1)
+        waited = await self._until(client, [PUBLISHED], "", stored)
         return {
             "transitions_stored": stored,
-            "published": int(published),
-            "complete": stored is not None and published >= stored,
-            "seconds_after_fold": round(time.perf_counter() - started, 2),
+            "published": waited["value"],
+            "complete": waited["complete"],
+            "seconds_after_fold": waited["seconds"],
         }
+
+    async def _caught_up(self, scoring: httpx.AsyncClient) -> dict[str, Any]:
+        """Wait until scoring took in every transition lifecycle published (bounded)."""
+        published = self.result["drain"]["published"]
+        taken = [CONSUMED, DUPLICATES, DEAD_LETTERED]
+        waited = await self._until(scoring, taken, OF_LIFECYCLE, published)
+        return {"transitions_published": published, **waited}
 
     async def _summary(self, client: httpx.AsyncClient) -> dict[str, Any]:
         """The stage summary, the warm-up customer taken out, against the reference counts."""
@@ -403,29 +528,130 @@ class Run:
         }
 
     def _database(self) -> dict[str, Any]:
-        """Row counts of lifecycle's SQLite file (read-only, beside the running service)."""
-        path = self.workdir / f"{SERVICE}.db"
-        queries = {
-            "facts": "SELECT count(*) FROM facts",
-            "fact_customers": "SELECT count(DISTINCT customer_id) FROM facts",
-            "customer_stages": "SELECT count(*) FROM customer_stages",
-            "transitions": "SELECT count(*) FROM stage_transitions",
-            "transitions_active": "SELECT count(*) FROM stage_transitions WHERE NOT superseded",
-            "transitions_superseded": "SELECT count(*) FROM stage_transitions WHERE superseded",
-            "transitions_corrections": "SELECT count(*) FROM stage_transitions WHERE correction",
-            "overdue_customers": "SELECT count(*) FROM customer_stages WHERE next_due <= "
-            "(SELECT value FROM lifecycle_clock WHERE name = 'event-time')",
-            "clock": "SELECT value FROM lifecycle_clock WHERE name = 'event-time'",
-        }
+        """Row counts of lifecycle's SQLite file."""
+        return self._rows(
+            "lifecycle",
+            {
+                "facts": "SELECT count(*) FROM facts",
+                "fact_customers": "SELECT count(DISTINCT customer_id) FROM facts",
+                "customer_stages": "SELECT count(*) FROM customer_stages",
+                "transitions": "SELECT count(*) FROM stage_transitions",
+                "transitions_active": "SELECT count(*) FROM stage_transitions WHERE NOT superseded",
+                "transitions_superseded": "SELECT count(*) FROM stage_transitions WHERE superseded",
+                "transitions_corrections": "SELECT count(*) FROM stage_transitions "
+                "WHERE correction",
+                "overdue_customers": "SELECT count(*) FROM customer_stages WHERE next_due <= "
+                "(SELECT value FROM lifecycle_clock WHERE name = 'event-time')",
+                "clock": "SELECT value FROM lifecycle_clock WHERE name = 'event-time'",
+            },
+        )
+
+    def _scoring_database(self) -> dict[str, Any]:
+        """Row counts of scoring's SQLite file; risk bands and tiers of the scores."""
+        return self._rows(
+            "scoring",
+            {
+                "customers": "SELECT count(*) FROM customer_stats",
+                "buyers": "SELECT count(*) FROM customer_stats WHERE first_purchase_at IS NOT NULL",
+                "scores": "SELECT count(*) FROM scores",
+                "scores_prior_model": "SELECT count(*) FROM scores "
+                "WHERE model_version = 'prior-cdnow'",
+                "published_scores": "SELECT count(*) FROM published_scores",
+                "score_history": "SELECT count(*) FROM score_history",
+                "outbox": "SELECT count(*) FROM outbox",
+                "outbox_pending": "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                "models": "SELECT count(*) FROM models",
+                "inbox_customer_events": "SELECT count(*) FROM inbox "
+                "WHERE consumer = 'customer-events'",
+                "inbox_lifecycle": "SELECT count(*) FROM inbox WHERE consumer = 'lifecycle'",
+                "risk_bands": "SELECT risk_band, count(*) FROM scores GROUP BY 1",
+                "tiers": "SELECT coalesce(tier, '-'), count(*) FROM scores GROUP BY 1",
+            },
+        )
+
+    def _rows(self, service: str, queries: dict[str, str]) -> dict[str, Any]:
+        """Each query's value (two columns: a dict of them) from a service's SQLite file,
+        opened read-only beside the running service."""
+        path = self.workdir / f"{service}.db"
         out: dict[str, Any] = {}
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
                 for key, sql in queries.items():
-                    row = conn.execute(sql).fetchone()
-                    out[key] = row[0] if row else None
+                    rows = conn.execute(sql).fetchall()
+                    if rows and len(rows[0]) == 2:
+                        out[key] = {str(k): v for k, v in rows}
+                    else:
+                        out[key] = rows[0][0] if rows else None
         except sqlite3.Error as exc:
             out["error"] = repr(exc)
         return out
+
+    async def _refit(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """POST /v1/models/refit, timed: fits both models on every customer's statistics,
+        then rescores everyone (`fit_seconds` is the fit alone)."""
+        meter = CpuMeter(self._pids())
+        meter.start()
+        started = time.perf_counter()
+        response = await client.post(
+            "/v1/models/refit", timeout=httpx.Timeout(self.args.refit_timeout)
+        )
+        seconds = time.perf_counter() - started
+        cpu = meter.stop()
+        if response.status_code != 200:  # 409: too few buyers, or the fit failed
+            return {"seconds": round(seconds, 3), "error": response.text[:1000], "cpu": cpu}
+        model: dict[str, Any] = response.json()
+        fit = model.get("fit_seconds") or 0.0
+        customers = self._scoring_database().get("scores")
+        return {
+            "seconds": round(seconds, 3),
+            "fit_seconds": round(fit, 3),
+            # The rest of the call: read every customer's statistics, store the model,
+            # rescore and save everyone, write the material changes to the outbox.
+            "rest_seconds": round(seconds - fit, 3),
+            "customers": customers,
+            "rate_customers": phases.rate(customers or 0, seconds),
+            "cpu": cpu,
+            "model": model,
+        }
+
+    async def _worklist(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """The first five of the worklist, by churn risk (its default) and by value."""
+        out: dict[str, Any] = {}
+        for order, query in (("churn_risk", "limit=5"), ("clv", "order=clv&limit=5")):
+            started = time.perf_counter()
+            response = await client.get(f"/v1/customers?{query}")
+            ms = round(1000 * (time.perf_counter() - started), 1)
+            response.raise_for_status()
+            out[order] = {"query": query, "ms": ms, "items": response.json()["items"]}
+        return out
+
+    async def _scores(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """Once scoring's relay published its outbox: every message on crm.scores."""
+        stored = self._scoring_database().get("outbox")
+        drain = await self._until(client, [PUBLISHED], "", stored)
+        values, complete = await phases.read_topic(
+            self.broker.bootstrap, SCORES, self.args.drain_timeout
+        )
+        types: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        customers = set()
+        for value in values:
+            event = json.loads(value)
+            types[event.get("type")] += 1
+            if event.get("type") == SCORE_CHANGED:
+                customers.add(event.get("subject"))
+                given = event.get("data", {}).get("reasons", [])
+                reasons.update({k for k in REASONS for r in given if r.startswith(k)})
+        return {
+            "outbox": stored,
+            "relay": drain,
+            "messages": len(values),
+            "read_complete": complete,
+            "types": dict(types),
+            "score_changed": types[SCORE_CHANGED],
+            "customers": len(customers),
+            "reasons": dict(reasons.most_common()),
+        }
 
 
 # --- report ---
@@ -433,12 +659,13 @@ class Run:
 
 def print_report(result: dict[str, Any]) -> None:
     s = result.get("settings", {})
+    services = result.get("services") or ["lifecycle"]
     replay = result.get("replay") or {}
     base = result.get("baseline") or {}
     produce, consume = base.get("produce") or {}, base.get("consume") or {}
     print(
-        f"\nlifecycle replay of CDNOW ({result.get('machine', {}).get('cpus')} CPUs): "
-        f"{num(replay.get('events') or result.get('events'))} purchases of "
+        f"\n{' + '.join(services)} replay of CDNOW ({result.get('machine', {}).get('cpus')} "
+        f"CPUs): {num(replay.get('events') or result.get('events'))} purchases of "
         f"{num(replay.get('customers') or result.get('customers'))} customers, "
         f"{s.get('partitions')} partitions, CRM_CLOCK=event-time, fetch wait "
         f"{s.get('fetch_max_wait_ms')} ms; record {num(base.get('record_bytes'))} B"
@@ -466,6 +693,7 @@ def print_report(result: dict[str, Any]) -> None:
             consume["rate"],
             "100.0%",
         )
+    folds = replay.get("folds") or {}
     if replay:
         row(
             "replay: produce to crm.customer-events",
@@ -473,23 +701,31 @@ def print_report(result: dict[str, Any]) -> None:
             replay["produce_seconds"],
             replay["produce_rate"],
         )
-        ratio = replay.get("vs_raw_consume")
+    for service, fold in folds.items():
+        ratio = fold.get("vs_raw_consume")
         row(
-            "replay: first send -> lifecycle folded all",
+            f"replay: first send -> {service} folded all",
             replay["events"],
-            replay["seconds"],
-            replay["rate"],
+            fold["seconds"],
+            fold["rate"],
             f"{100 * ratio:.1f}%" if ratio else "-",
         )
-        if not replay["complete"]:
-            lines.append(f"  !! lifecycle applied only {replay['applied']} of {replay['events']}")
-    rebuild = result.get("rebuild")
+        if not fold["complete"]:
+            lines.append(f"  !! {service} applied only {fold['applied']} of {replay['events']}")
+    rebuild, refit = result.get("rebuild"), result.get("refit") or {}
     if rebuild:
         row(
             "rebuild: POST /v1/admin/rebuild (customers)",
             rebuild["customers"],
             rebuild["seconds"],
             rebuild["rate_customers"],
+        )
+    if refit.get("model"):
+        row(
+            "refit: POST /v1/models/refit (customers)",
+            refit["customers"],
+            refit["seconds"],
+            refit["rate_customers"],
         )
     sections = [("throughput", lines)]
 
@@ -498,10 +734,15 @@ def print_report(result: dict[str, Any]) -> None:
         seconds = replay.get("seconds")
         verdict = "-" if seconds is None else ("under" if seconds < TARGET_SECONDS else "over")
         milestones.append(
-            f"  full CDNOW replay, lifecycle alone: {num(seconds, 2)} s ({verdict} the "
-            f"{TARGET_SECONDS:g} s target for the whole system)"
+            f"  full CDNOW replay, {' + '.join(services)} alone: {num(seconds, 2)} s ({verdict} "
+            f"the {TARGET_SECONDS:g} s target for the whole system)"
         )
-        milestones.append(f"  {_window_rates(replay.get('timeline') or [])}")
+        for column, service in enumerate(folds, start=1):
+            timeline = [(row[0], row[column]) for row in replay.get("timeline") or []]
+            done = next((i for i, (_, n) in enumerate(timeline) if n >= replay["events"]), None)
+            milestones.append(
+                f"  {service}: {_window_rates(timeline[: None if done is None else done + 1])}"
+            )
     warm, drain = result.get("warm_up") or {}, result.get("drain") or {}
     if warm:
         milestones.append(f"  warm-up (group join + 1 event): {num(warm.get('seconds'), 2)} s")
@@ -511,16 +752,26 @@ def print_report(result: dict[str, Any]) -> None:
             f"{num(drain.get('seconds_after_fold'), 2)} s after the fold "
             f"({'complete' if drain.get('complete') else 'INCOMPLETE'})"
         )
-    server = replay.get("server") or {}
-    if server.get("lifecycle_batches"):
+    caught_up = result.get("scoring_caught_up")
+    if caught_up:
         milestones.append(
-            f"  lifecycle: {server['lifecycle_batches']} batches of "
-            f"{server['lifecycle_events_per_batch']} events, {server['lifecycle_batch_ms_mean']} "
-            "ms each"
+            f"  scoring took in all {num(caught_up['target'])} transitions "
+            f"{num(caught_up['seconds'], 2)} s after that "
+            f"({'complete' if caught_up['complete'] else 'INCOMPLETE'})"
         )
+    server = replay.get("server") or {}
+    for name in ("lifecycle", "scoring", "scoring_lifecycle"):
+        if server.get(f"{name}_batches"):
+            milestones.append(
+                f"  {name.replace('_', ' on crm.')}: {server[f'{name}_batches']} batches of "
+                f"{server[f'{name}_events_per_batch']} events, {server[f'{name}_batch_ms_mean']} "
+                "ms each"
+            )
     sections.append(("milestones", milestones))
     sections.append(("stages", _stage_lines(result)))
     sections.append(("database (lifecycle.db)", _database_lines(result)))
+    sections.append(("scoring", _scoring_lines(result)))
+    processes = (*services, "broker", "bench")
     sections.append(
         (
             "CPU per phase",
@@ -530,15 +781,16 @@ def print_report(result: dict[str, Any]) -> None:
                     ("raw consume", consume.get("cpu")),
                     ("replay", replay.get("cpu")),
                     ("rebuild", (rebuild or {}).get("cpu")),
+                    ("refit", refit.get("cpu")),
                 ],
-                PROCESSES,
+                processes,
             ),
         )
     )
-    memory = memory_lines(result, PROCESSES)
+    memory = memory_lines(result, processes)
     after = (result.get("memory_after_baseline") or {}).get("broker")
     if after:
-        memory.append(f"  (broker after the baseline, before lifecycle: {after['rss_mib']} MiB)")
+        memory.append(f"  (broker after the baseline, before the services: {after['rss_mib']} MiB)")
     sections.append(("memory", memory))
     sections.append(("profile (share of samples)", profile_lines(result)))
     for title, body in sections:
@@ -613,16 +865,88 @@ def _database_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scoring_lines(result: dict[str, Any]) -> list[str]:
+    refit, worklist = result.get("refit") or {}, result.get("worklist") or {}
+    scores, db = result.get("scores") or {}, result.get("scoring_database") or {}
+    lines = []
+    model = refit.get("model")
+    if "error" in refit:
+        lines.append(
+            f"  POST /v1/models/refit failed ({num(refit['seconds'], 2)} s): {refit['error']}"
+        )
+    if model:
+        cuts = sorted((model.get("tier_cuts") or {}).items(), key=lambda kv: -kv[1])
+        lines += [
+            f"  POST /v1/models/refit {num(refit['seconds'], 2)} s: the fit "
+            f"{num(refit['fit_seconds'], 3)} s, the rest (read every customer's statistics, "
+            f"rescore and save {num(refit['customers'])}) {num(refit['rest_seconds'], 2)} s",
+            "  " + _params("BG/NBD (weeks)", model["bgnbd"]),
+            "  " + _params("Gamma-Gamma", model["gamma_gamma"]),
+            "  prior (published CDNOW): " + ", ".join(f"{k} {v}" for k, v in PRIOR.items()),
+            "  tier cuts (lifetime value): " + ", ".join(f"{t} {v:,.2f}" for t, v in cuts),
+        ]
+    for order, title in (("churn_risk", "highest churn risk"), ("clv", "highest value")):
+        found = worklist.get(order)
+        if found:
+            lines.append(f"  GET /v1/customers?{found['query']} ({title} first, {found['ms']} ms)")
+            lines += [f"    {_score_row(item)}" for item in found["items"]]
+    if scores:
+        relay = scores["relay"]
+        reasons = ", ".join(f"{k} {num(v)}" for k, v in scores["reasons"].items())
+        lines += [
+            f"  crm.scores: {num(scores['messages'])} messages, {num(scores['score_changed'])} "
+            f"{SCORE_CHANGED} for {num(scores['customers'])} customers "
+            f"({'all read' if scores['read_complete'] else 'NOT ALL READ'})",
+            f"    messages with each reason: {reasons}",
+            f"    scoring's outbox {num(scores['outbox'])} rows, relay published "
+            f"{num(relay['value'])} ({'complete' if relay['complete'] else 'INCOMPLETE'}, "
+            f"waited {num(relay['seconds'], 2)} s)",
+        ]
+    fold, refitted = db.get("after_fold") or {}, db.get("after_refit") or {}
+    if fold.get("error"):
+        lines.append(f"  scoring.db: {fold['error']}")
+    keys = [k for k, v in fold.items() if k != "error" and not isinstance(v, dict)]
+    if keys:
+        lines.append(f"  {'rows of scoring.db':<26}{'after fold':>14}{'after refit':>15}")
+        lines += [f"  {k:<26}{num(fold.get(k)):>14}{num(refitted.get(k)):>15}" for k in keys]
+    for key in ("risk_bands", "tiers"):
+        if fold.get(key):
+            counts = [
+                f"{when} " + ", ".join(f"{k} {num(v)}" for k, v in sorted(found[key].items()))
+                for when, found in (("after fold:", fold), ("after refit:", refitted))
+                if found.get(key)
+            ]
+            lines.append(f"  {key.replace('_', ' ')} " + "; ".join(counts))
+    return lines
+
+
+def _params(title: str, params: dict[str, Any]) -> str:
+    values = ", ".join(f"{k} {v:.3f}" for k, v in params["values"].items())
+    ll = params.get("log_likelihood")
+    return (
+        f"{title}, {num(params.get('customers'))} customers: {values}, log-likelihood {num(ll, 1)}"
+    )
+
+
+def _score_row(item: dict[str, Any]) -> str:
+    return (
+        f"{item['customer_id']:<14} churn risk {item['churn_risk']:.3f} {item['risk_band']:<6} "
+        f"P(alive) {item['p_alive']:.3f} CLV {item['clv']:>9,.2f} tier {item['tier'] or '-'} "
+        f"RFM {item['rfm_segment'] or '-'} stage {item['stage'] or '-'}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM stops the run like Ctrl-C: the finally blocks stop lifecycle and the broker.
+    # SIGTERM stops the run like Ctrl-C: the finally blocks stop the services and the broker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    name = "-".join([*args.services, NAME])
     events = load_events(args)
-    workdir = Path(tempfile.mkdtemp(prefix="crm-bench-lifecycle-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"crm-bench-{name}-"))
     result: dict[str, Any] = {
-        "benchmark": NAME,
+        "benchmark": name,
         "started_at": started.isoformat(),
         "command": " ".join(["python -m bench.lifecycle_replay", *sys.argv[1:]]),
         "settings": runinfo.settings(args),
@@ -644,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print_report(result)
     if not args.no_save:
-        print(f"\nresults: {runinfo.save(result, args.results_dir, NAME, stamp)}")
+        print(f"\nresults: {runinfo.save(result, args.results_dir, name, stamp)}")
     return 1 if "aborted" in result else 0
 
 

@@ -54,10 +54,13 @@ async def counters(client: httpx.AsyncClient, names: Sequence[str]) -> dict[str,
 
 @dataclass
 class Progress:
-    """When each watched counter reached its target, seconds after the phase's start."""
+    """When each watched counter reached its target, seconds after the phase's start.
+
+    `samples` holds (seconds, value of each sampled counter, in the watcher's order).
+    """
 
     reached: dict[str, float | None]
-    samples: list[tuple[float, float]] = field(default_factory=list)
+    samples: list[tuple[float, ...]] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -65,35 +68,68 @@ class Progress:
         return all(t is not None for t in self.reached.values())
 
 
+# A counter as a bench reads it: which service, which metric, and the samples whose labels
+# contain this text only (`consumer="customer-events"`; empty: all of them).
+Source = tuple[httpx.AsyncClient, str, str]
+
+
+async def read_sources(sources: Mapping[str, Source]) -> dict[str, float]:
+    """The value of each named counter, one /metrics request per service; a service that
+    does not answer is left out."""
+    texts: dict[int, str | None] = {}
+    out: dict[str, float] = {}
+    for name, (client, metric, having) in sources.items():
+        if id(client) not in texts:
+            try:
+                texts[id(client)] = await read_metrics(client)
+            except httpx.HTTPError:
+                texts[id(client)] = None  # a slow answer under load; the next tick asks again
+        text = texts[id(client)]
+        if text is not None:
+            out[name] = metric_sum(text, metric, having)
+    return out
+
+
 class Watcher:
     """Polls /metrics of lifecycle (every tick) and contacts (every other tick, if given).
 
     Targets are deltas from the counters' values at the last `snapshot()`, so whatever a
-    service had counted before a phase does not count.
+    service had counted before a phase does not count. `more` adds consumed-event counters
+    read every tick: name -> (service, label filter), e.g. `{"scoring.consumed": (client,
+    'consumer="customer-events"')}`. `sample` names the counters the timeline records.
     """
 
     def __init__(
         self,
-        lifecycle: httpx.AsyncClient,
+        lifecycle: httpx.AsyncClient | None,
         contacts: httpx.AsyncClient | None,
         *,
+        more: Mapping[str, tuple[httpx.AsyncClient, str]] | None = None,
+        sample: Sequence[str] = ("lifecycle.consumed",),
         interval: float = 0.05,
         sample_every: float = 0.5,
     ) -> None:
-        self._lifecycle, self._contacts = lifecycle, contacts
+        self._every: dict[str, Source] = {}
+        if lifecycle is not None:
+            self._every["lifecycle.consumed"] = (lifecycle, CONSUMED, "")
+        for name, (client, having) in (more or {}).items():
+            self._every[name] = (client, CONSUMED, having)
+        self._contacts: dict[str, Source] = {}
+        if contacts is not None:
+            self._contacts = {
+                "contacts.consumed": (contacts, CONSUMED, ""),
+                "contacts.published": (contacts, PUBLISHED, ""),
+            }
+        self._sample = tuple(sample)
         self._interval, self._sample_every = interval, sample_every
         self._base: dict[str, float] = {}
 
     async def snapshot(self) -> None:
         """Remember the counters now; later targets count from here."""
-        lc = await counters(self._lifecycle, [CONSUMED])
-        self._base = {"lifecycle.consumed": lc[CONSUMED]}
-        if self._contacts is not None:
-            ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
-            self._base |= {
-                f"contacts.{k}": v
-                for k, v in (("consumed", ct[CONSUMED]), ("published", ct[PUBLISHED]))
-            }
+        sources = self._every | self._contacts
+        self._base = await read_sources(sources)
+        if len(self._base) < len(sources):
+            raise httpx.HTTPError("snapshot: a service did not answer /metrics")
 
     async def until(self, targets: Mapping[str, float], start: float, deadline: float) -> Progress:
         """Poll until every target (`lifecycle.consumed`, `contacts.published`...) is met."""
@@ -107,9 +143,8 @@ class Watcher:
                 if progress.reached[name] is None and values.get(name, -1) >= target:
                     progress.reached[name] = now - start
             if now >= next_sample:
-                progress.samples.append(
-                    (round(now - start, 3), values.get("lifecycle.consumed", math.nan))
-                )
+                sampled = (values.get(k, math.nan) for k in self._sample)
+                progress.samples.append((round(now - start, 3), *sampled))
                 next_sample = now + self._sample_every
             tick += 1
             await asyncio.sleep(self._interval)
@@ -120,33 +155,37 @@ class Watcher:
         return await self._read(contacts=True)
 
     async def _read(self, *, contacts: bool) -> dict[str, float]:
-        values: dict[str, float] = {}
-        try:
-            lc = await counters(self._lifecycle, [CONSUMED])
-            values["lifecycle.consumed"] = lc[CONSUMED] - self._base["lifecycle.consumed"]
-            if contacts and self._contacts is not None:
-                ct = await counters(self._contacts, [CONSUMED, PUBLISHED])
-                values["contacts.consumed"] = ct[CONSUMED] - self._base["contacts.consumed"]
-                values["contacts.published"] = ct[PUBLISHED] - self._base["contacts.published"]
-        except httpx.HTTPError:
-            pass  # a slow answer under load; the next tick asks again
-        return values
+        values = await read_sources(self._every | (self._contacts if contacts else {}))
+        return {k: v - self._base[k] for k, v in values.items()}
 
 
 class ServerStats:
-    """Consumer batches and server-side POST time of the services over one phase."""
+    """Consumer batches and server-side POST time of the services over one phase.
 
-    def __init__(self, lifecycle: httpx.AsyncClient, contacts: httpx.AsyncClient | None) -> None:
-        self._lifecycle, self._contacts = lifecycle, contacts
+    `more` adds services (or one consumer of a service): name -> (service, label filter).
+    """
+
+    def __init__(
+        self,
+        lifecycle: httpx.AsyncClient | None,
+        contacts: httpx.AsyncClient | None,
+        *,
+        more: Mapping[str, tuple[httpx.AsyncClient, str]] | None = None,
+    ) -> None:
+        self._services = {} if lifecycle is None else {"lifecycle": (lifecycle, "")}
+        self._services |= dict(more or {})
+        self._contacts = contacts
         self._before: dict[str, float] = {}
 
     async def _read(self) -> dict[str, float]:
-        lc = await read_metrics(self._lifecycle)
-        values = {
-            "lifecycle.batches": metric_sum(lc, BATCH_COUNT),
-            "lifecycle.batch_s": metric_sum(lc, BATCH_SUM),
-            "lifecycle.events": metric_sum(lc, CONSUMED),
-        }
+        sources: dict[str, Source] = {}
+        for name, (client, having) in self._services.items():
+            sources |= {
+                f"{name}.batches": (client, BATCH_COUNT, having),
+                f"{name}.batch_s": (client, BATCH_SUM, having),
+                f"{name}.events": (client, CONSUMED, having),
+            }
+        values = await read_sources(sources)
         if self._contacts is None:
             return values
         ct = await read_metrics(self._contacts)
@@ -166,7 +205,7 @@ class ServerStats:
         after = await self._read()
         d = {k: after[k] - self._before.get(k, 0.0) for k in after}
         out: dict[str, Any] = {}
-        for service in ("lifecycle", "contacts"):
+        for service in (*self._services, "contacts"):
             batches = d.get(f"{service}.batches")
             if batches:
                 out[f"{service}_batches"] = int(batches)

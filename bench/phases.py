@@ -118,9 +118,9 @@ async def baseline_produce(
     }
 
 
-async def baseline_consume(
-    bootstrap: str, topic: str, expected: int, meter: CpuMeter, deadline: float
-) -> dict[str, Any]:
+async def assigned_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A started consumer without a group, assigned every partition of `topic` from the
+    beginning (manual assignment: no group to join, so it reads at once)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -133,6 +133,39 @@ async def baseline_consume(
         partitions = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
+    except BaseException:
+        await asyncio.wait_for(consumer.stop(), timeout=10)
+        raise
+    return consumer
+
+
+async def read_topic(bootstrap: str, topic: str, within: float) -> tuple[list[bytes], bool]:
+    """The values of every message on `topic`, and whether all were read in `within` s.
+
+    "All" is up to the high watermark that fetches report: the embedded broker's answer to
+    ListOffsets (`end_offsets`) stays behind it (tens of records a partition, seconds later).
+    """
+    consumer = await assigned_consumer(bootstrap, topic)
+    try:
+        deadline, values, remaining = time.perf_counter() + within, [], consumer.assignment()
+        while remaining and time.perf_counter() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            values += [r.value for records in batches.values() for r in records if r.value]
+            remaining = {
+                tp
+                for tp in remaining
+                if (high := consumer.highwater(tp)) is None or await consumer.position(tp) < high
+            }
+    finally:
+        await asyncio.wait_for(consumer.stop(), timeout=10)
+    return values, not remaining
+
+
+async def baseline_consume(
+    bootstrap: str, topic: str, expected: int, meter: CpuMeter, deadline: float
+) -> dict[str, Any]:
+    consumer = await assigned_consumer(bootstrap, topic)
+    try:
         meter.start()
         started, received = time.perf_counter(), 0
         while received < expected and time.perf_counter() < deadline:

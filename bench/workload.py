@@ -15,7 +15,8 @@ from typing import Any
 
 from crm_shared.events import CloudEvent
 
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+# Recent times: the services run on the wall clock, and old purchases would read as churned.
+T0 = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
 PURCHASE = "crm.purchase.completed.v1"
 SOURCE = "https://shop.example.com/checkout"
 
