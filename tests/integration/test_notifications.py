@@ -388,3 +388,15 @@ async def test_score_and_feedback_triggers_schedule_their_playbooks(
     assert [d["rule_id"] for d in scheduled] == ["churn_warning", "detractor_follow_up"]
     assert scheduled[0]["context"]["risk_band"] == "high"
     assert scheduled[1]["transactional"] is True
+
+
+async def test_the_daily_cap_resets_at_the_customers_local_midnight(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    evening = datetime(2026, 6, 10, 18, 30, tzinfo=UTC)  # 20:30 in Berlin, 10 June
+    morning = datetime(2026, 6, 11, 6, 30, tzinfo=UTC)  # 08:30 in Berlin, 11 June
+    await feed(app, [*contact("m1", evening), stage("m1", "churned", evening, event_id="x")])
+    assert (await dispatch(app, evening)).sent == 1
+    await feed(app, [stage("m1", "new", morning, event_id="y")])
+    assert (await dispatch(app, morning)).sent == 1  # a new local day: not capped
+    assert len(smtp.to("m1@example.com")) == 2
