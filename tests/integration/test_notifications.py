@@ -390,13 +390,38 @@ async def test_score_and_feedback_triggers_schedule_their_playbooks(
     assert scheduled[1]["transactional"] is True
 
 
-async def test_the_daily_cap_resets_at_the_customers_local_midnight(
+async def test_the_daily_cap_counts_the_customers_local_day_not_utcs(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:
-    evening = datetime(2026, 6, 10, 18, 30, tzinfo=UTC)  # 20:30 in Berlin, 10 June
-    morning = datetime(2026, 6, 11, 6, 30, tzinfo=UTC)  # 08:30 in Berlin, 11 June
-    await feed(app, [*contact("m1", evening), stage("m1", "churned", evening, event_id="x")])
-    assert (await dispatch(app, evening)).sent == 1
-    await feed(app, [stage("m1", "new", morning, event_id="y")])
-    assert (await dispatch(app, morning)).sent == 1  # a new local day: not capped
-    assert len(smtp.to("m1@example.com")) == 2
+    created = ev(
+        "crm.contact.created.v1",
+        "nz",
+        {
+            "contact_id": "nz",
+            "origin": "api",
+            "profile": {"emails": ["nz@example.com"], "time_zone": "Pacific/Auckland"},
+        },
+        NOON,
+    )
+    consent = ev(
+        "crm.contact.consent_changed.v1",
+        "nz",
+        {
+            "contact_id": "nz",
+            "channel": "email",
+            "status": "granted",
+            "source": "form",
+            "changed_at": NOON.isoformat(),
+        },
+        NOON,
+    )
+    first = datetime(2026, 6, 10, 20, 30, tzinfo=UTC)  # 08:30 on 11 June in Auckland
+    second = datetime(2026, 6, 11, 8, 0, tzinfo=UTC)  # 20:00 on 11 June: a new UTC day only
+    third = datetime(2026, 6, 11, 20, 30, tzinfo=UTC)  # 08:30 on 12 June in Auckland
+    await feed(app, [created, consent, stage("nz", "churned", first, event_id="x")])
+    assert (await dispatch(app, first)).sent == 1
+    await feed(app, [stage("nz", "new", second, event_id="y")])
+    assert (await dispatch(app, second)).suppressed == 1  # the same day in Auckland: capped
+    await feed(app, [stage("nz", "dormant", third - timedelta(days=3), event_id="z")])
+    assert (await dispatch(app, third)).sent == 1  # the next day in Auckland
+    assert len(smtp.to("nz@example.com")) == 2
