@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import sys
@@ -955,17 +954,9 @@ def main(argv: list[str] | None = None) -> int:
         "customers": len({e["subject"] for e in events}),
     }
     run = Run(args, workdir, events)
-    try:
-        result |= asyncio.run(run.execute())
-    except (Exception, KeyboardInterrupt) as exc:
-        print(f"benchmark aborted: {exc!r}; partial results follow", file=sys.stderr)
-        result |= run.result | {"aborted": repr(exc)[:2000]}
-    finally:
-        result["finished_at"] = datetime.now(UTC).isoformat()
-        if args.keep_data:
-            print(f"databases and logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    result = runinfo.run_to_end(
+        run.execute(), lambda: run.result, result, workdir=workdir, keep_data=args.keep_data
+    )
     print_report(result)
     if not args.no_save:
         print(f"\nresults: {runinfo.save(result, args.results_dir, name, stamp)}")

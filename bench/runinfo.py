@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +53,27 @@ def save(result: dict[str, Any], results_dir: Path, name: str, stamp: str) -> Pa
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def run_to_end(
+    execute: Coroutine[Any, Any, dict[str, Any]],
+    partial: Any,
+    result: dict[str, Any],
+    *,
+    workdir: Path,
+    keep_data: bool,
+) -> dict[str, Any]:
+    """Run a benchmark; on failure or Ctrl-C keep what it measured so far (`partial()`),
+    and always remove its working directory unless asked to keep it."""
+    try:
+        result |= asyncio.run(execute)
+    except (Exception, KeyboardInterrupt) as exc:
+        print(f"benchmark aborted: {exc!r}; partial results follow", file=sys.stderr)
+        result |= partial() | {"aborted": repr(exc)[:2000]}
+    finally:
+        result["finished_at"] = datetime.now(UTC).isoformat()
+        if keep_data:
+            print(f"databases and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result

@@ -19,9 +19,7 @@ It prints a table and writes JSON to `bench/results/throughput-<UTC timestamp>.j
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -293,17 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         "event_bytes": sizes(Workload("bench-s", 200, 200).generate()),
     }
     run = Run(args, workdir)
-    try:
-        result |= asyncio.run(run.execute())
-    except (Exception, KeyboardInterrupt) as exc:
-        print(f"benchmark aborted: {exc!r}; partial results follow", file=sys.stderr)
-        result |= run.result | {"aborted": repr(exc)[:2000]}
-    finally:
-        result["finished_at"] = datetime.now(UTC).isoformat()
-        if args.keep_data:
-            print(f"databases and logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    result = runinfo.run_to_end(
+        run.execute(), lambda: run.result, result, workdir=workdir, keep_data=args.keep_data
+    )
     print_report(result)
     if not args.no_save:
         print(f"\nresults: {save(result, args.results_dir, stamp)}")
