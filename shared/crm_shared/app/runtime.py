@@ -26,7 +26,7 @@ from crm_shared.events.registry import EventRegistry
 from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters, Handler
 from crm_shared.messaging.kafka import make_consumer, make_producer
 from crm_shared.messaging.relay import OutboxRelay
-from crm_shared.messaging.topics import ensure_topics, with_dlq
+from crm_shared.messaging.topics import HEARTBEAT, ensure_topics, with_dlq
 from crm_shared.store.db import Database, ensure_sqlite_directory
 from crm_shared.store.eventstore import EventStore
 from crm_shared.store.inbox import Inbox
@@ -63,7 +63,7 @@ class Runtime:
         self.events = EventStore(tables)
         self.outbox = Outbox(tables)
         self._migrations = migrations
-        self._topics = with_dlq(topics)
+        self._topics = [*with_dlq(topics), HEARTBEAT]
         self._subscriptions: list[Subscription] = []
         self._periodic: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.producer: AIOKafkaProducer | None = None
@@ -119,10 +119,12 @@ class Runtime:
             batch_size=self.settings.relay_batch_size,
             poll_interval=self.settings.relay_poll_interval_ms / 1000,
             topic_prefix=self.settings.topic_prefix,
+            on_reset=self._recreate_topics,
         )
         self.relay = relay
         self._spawn("relay", relay.run)
         self._spawn("gauges", self._refresh_gauges)
+        self._spawn("heartbeat", self._repeat(self.settings.heartbeat_interval_s, self._heartbeat))
         for subscription in self._subscriptions:
             consumer = self._consumer(subscription, self.producer)
             self.consumers.append(consumer)
@@ -141,11 +143,23 @@ class Runtime:
 
         return loop
 
-    async def _connect(self) -> None:
+    async def _heartbeat(self) -> None:
+        if self.relay is None:
+            return
+        try:
+            await self.relay.heartbeat(HEARTBEAT, self.name)
+        except Exception as exc:  # the broker is away: the relay's own retries cover it
+            log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _recreate_topics(self) -> None:
         s = self.settings
         if s.create_topics:
             names = [s.topic_prefix + t for t in self._topics]
             await ensure_topics(s.kafka_bootstrap, names, partitions=s.topic_partitions)
+
+    async def _connect(self) -> None:
+        s = self.settings
+        await self._recreate_topics()
         producer = make_producer(s.kafka_bootstrap, client_id=f"crm-{self.name}")
         try:
             await producer.start()

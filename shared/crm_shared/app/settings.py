@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = ""
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=100, ge=1)
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the relay checks the broker kept its log"
+    )
     migrate_on_start: bool = True
     log_level: str = "INFO"
     log_json: bool = True

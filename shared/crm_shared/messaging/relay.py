@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
@@ -28,6 +29,10 @@ from crm_shared.store.outbox import Outbox, PendingMessage
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def utcnow() -> datetime:
@@ -47,6 +52,7 @@ class OutboxRelay:
         max_backoff: float = 5.0,
         clock: Clock = utcnow,
         topic_prefix: str = "",
+        on_reset: Callable[[], Awaitable[None]] = _nothing,
     ) -> None:
         self._db, self._outbox, self._producer, self._metrics = db, outbox, producer, metrics
         self._batch_size = batch_size
@@ -54,6 +60,9 @@ class OutboxRelay:
         self._max_backoff = max_backoff
         self._clock = clock
         self._prefix = topic_prefix
+        self._on_reset = on_reset
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._reset = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock_key = zlib.crc32(b"crm-outbox-relay") & 0x7FFFFFFF
@@ -72,6 +81,7 @@ class OutboxRelay:
         while not self._stopping:
             try:
                 published = await self.publish_pending()
+                await self.recover_if_reset()  # outside the round's transaction
                 backoff = 0.0
             except Exception as exc:  # the broker or the database is away: retry later
                 self._metrics.relay_failures.inc()
@@ -134,7 +144,37 @@ class OutboxRelay:
                 )
             )
         results = await asyncio.gather(*futures, return_exceptions=True)
+        self._watch([r for r in results if not isinstance(r, BaseException)])
         return [r if isinstance(r, BaseException) else None for r in results]
+
+    def _watch(self, written: list[Any]) -> None:
+        """Offsets only grow on a partition; one that went back means the broker lost its
+        log (the embedded broker forgets everything when it restarts)."""
+        for record in written:
+            key = (record.topic, record.partition)
+            if record.offset < self._offsets.get(key, -1):
+                self._reset = True
+            self._offsets[key] = record.offset
+
+    async def heartbeat(self, topic: str, key: str) -> None:
+        """A small record whose offset tells whether the broker still has its log; after a
+        reset, everything in the outbox is published again (inboxes absorb the repeats)."""
+        sent = await self._producer.send_and_wait(self._prefix + topic, b"{}", key=key.encode())
+        self._watch([sent])
+        await self.recover_if_reset()
+
+    async def recover_if_reset(self) -> int:
+        if not self._reset:
+            return 0
+        self._reset = False
+        await self._on_reset()
+        async with self._db.transaction() as conn:
+            again = await self._outbox.republish_from(conn)
+        log.warning(
+            "the broker lost its log; publishing the outbox again", extra={"messages": again}
+        )
+        self.wake()
+        return again
 
     def _count(self, pending: list[PendingMessage], sent: list[BaseException | None]) -> None:
         for message, error in zip(pending, sent, strict=True):
