@@ -425,3 +425,32 @@ async def test_the_daily_cap_counts_the_customers_local_day_not_utcs(
     await feed(app, [stage("nz", "dormant", third - timedelta(days=3), event_id="z")])
     assert (await dispatch(app, third)).sent == 1  # the next day in Auckland
     assert len(smtp.to("nz@example.com")) == 2
+
+
+class RestingEndpoint:
+    """A channel whose endpoint is paused after failures, as the webhook channel reports."""
+
+    name = "email"
+    until = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+
+    async def send(self, message: Any) -> Any:
+        from notifications.channels.base import SendResult
+
+        return SendResult(
+            ok=False, detail=f"endpoint paused until {self.until.isoformat()}", retryable=True
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "paused_until": self.until.isoformat()}
+
+
+async def test_a_paused_endpoint_delays_a_message_without_using_up_its_attempts(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.channels = {**dispatcher.channels, "email": RestingEndpoint()}
+    await feed(app, [*contact("p1", NOON), stage("p1", "churned", NOON)])
+    await dispatch(app, NOON)
+    [waiting] = await deliveries(client, "p1")
+    assert waiting["status"] == "scheduled" and waiting["attempts"] == 0
+    assert waiting["due_at"].startswith("2026-06-10T12:00")

@@ -148,6 +148,20 @@ class Dispatcher:
             if result.ok:
                 await self._finish(conn, delivery, "sent")
                 return "sent"
+            paused = _paused_until(self.channels[delivery["channel"]])
+            if paused is not None:
+                # The endpoint is resting after failures: wait for it without using up the
+                # message's attempts.
+                await outreach.set_status(
+                    conn,
+                    delivery["id"],
+                    self.now(),
+                    status="scheduled",
+                    error=result.detail,
+                    due_at=paused,
+                    attempts=delivery["attempts"],
+                )
+                return "failed"
             if result.retryable and delivery["attempts"] + 1 < MAX_ATTEMPTS:
                 await self._retry_later(conn, delivery, result.detail)
                 return "failed"
@@ -217,3 +231,9 @@ def _address(channel: str, customer: dict[str, Any]) -> str:
             f"no {'phone number' if channel == 'sms' else 'email address'} known for this customer"
         )
     return str(address)
+
+
+def _paused_until(channel: Channel) -> datetime | None:
+    status = getattr(channel, "status", None)
+    until = status().get("paused_until") if callable(status) else None
+    return datetime.fromisoformat(until) if isinstance(until, str) else None
