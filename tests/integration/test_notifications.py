@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from crm_shared.events import CATALOG, CloudEvent, Event, EventData
 from notifications.bootstrap import create_app, seed
+from notifications.channels.base import SendResult
 from notifications.handlers import birthdays
 from notifications.handlers.dispatch import Dispatcher
 from notifications.handlers.triggers import Triggers
@@ -433,9 +434,7 @@ class RestingEndpoint:
     name = "email"
     until = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 
-    async def send(self, message: Any) -> Any:
-        from notifications.channels.base import SendResult
-
+    async def send(self, message: Any) -> SendResult:
         return SendResult(
             ok=False, detail=f"endpoint paused until {self.until.isoformat()}", retryable=True
         )
