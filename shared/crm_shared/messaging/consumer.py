@@ -164,6 +164,8 @@ class DeadLetters:
 
     def __init__(self, producer: AIOKafkaProducer, metrics: Metrics) -> None:
         self._producer, self._metrics = producer, metrics
+        # Several services consume one topic and share its dead-letter twin: say whose.
+        self.service = metrics.service
 
     async def send(self, rejected: Sequence[Rejected], *, consumer: str) -> None:
         futures = []
@@ -187,6 +189,7 @@ class DeadLetters:
                     "crm-dlq-partition": str(record.partition),
                     "crm-dlq-offset": str(record.offset),
                     "crm-dlq-consumer": consumer,
+                    "crm-dlq-service": self.service,
                     "crm-dlq-truncated": "true" if value is not record.value else "false",
                 }
             )
