@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from difflib import SequenceMatcher
@@ -14,12 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.store import records
 from contacts.store.tables import contact_attributes, contact_tags, contacts, identifiers
+from crm_shared.store import cursor
+from crm_shared.store.cursor import BadCursor
 
 SIMILAR_NAME = 0.85
-
-
-class BadCursor(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -96,14 +92,12 @@ def _filtered(query: Select[Any], where: ContactFilter) -> Select[Any]:
 
 
 def encode_cursor(created_at: datetime, contact_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), contact_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursor.encode(created_at.isoformat(), contact_id)
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    created, contact_id = cursor.decode(text, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, contact_id = json.loads(raw)
         return datetime.fromisoformat(created), str(contact_id)
     except (ValueError, TypeError) as exc:
         raise BadCursor("cursor: not a cursor this API returned") from exc

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.store.records import absorbed, timeline_stream
 from contacts.store.tables import core
+from crm_shared.store import cursor
 
 events = core.events
 
@@ -64,13 +63,12 @@ async def timeline(
 
 
 def encode(time: datetime, position: int) -> str:
-    raw = json.dumps([time.isoformat(), position]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursor.encode(time.isoformat(), position)
 
 
-def decode(cursor: str) -> tuple[datetime, int]:
+def decode(text: str) -> tuple[datetime, int]:
+    time, position = cursor.decode(text, 2)
     try:
-        time, position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(time), int(position)
     except (ValueError, TypeError) as exc:
-        raise ValueError("cursor: not a cursor this API returned") from exc
+        raise cursor.BadCursor("cursor: not a cursor this API returned") from exc

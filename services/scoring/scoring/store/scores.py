@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store import cursor as cursor_text
 from crm_shared.store.sql import upsert
 from scoring.domain.model import ScoringModel
 from scoring.store.tables import customer_stats, models, published_scores, score_history, scores
@@ -116,15 +116,15 @@ async def worklist(
 
 
 def _encode(value: float, customer_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([value, customer_id]).encode()).decode().rstrip("=")
+    return cursor_text.encode(value, customer_id)
 
 
-def _decode(cursor: str) -> tuple[float, str]:
+def _decode(text: str) -> tuple[float, str]:
+    value, customer_id = cursor_text.decode(text, 2)
     try:
-        value, customer_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return float(value), str(customer_id)
     except (ValueError, TypeError) as exc:
-        raise ValueError("cursor: not a cursor this API returned") from exc
+        raise cursor_text.BadCursor("cursor: not a cursor this API returned") from exc
 
 
 async def active_model(conn: AsyncConnection) -> ScoringModel | None:
