@@ -16,14 +16,11 @@ from contacts.settings import ContactsSettings
 from crm_shared.testing.broker import Broker
 from lifecycle.bootstrap import create_app as lifecycle_app
 from lifecycle.settings import LifecycleSettings
+from tests.support.apps import asgi_client
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually
 
 START = datetime.now(UTC) - timedelta(days=5)
-
-
-def client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
 def lifecycle(broker: Broker, directory: Path) -> FastAPI:
@@ -53,18 +50,18 @@ async def test_events_published_before_a_broker_restart_still_arrive(tmp_path: P
         await contacts.state.runtime.start()
         await first.state.runtime.start()
         try:
-            async with client(contacts) as c, client(first) as lc:
+            async with asgi_client(contacts) as c, asgi_client(first) as lc:
                 await c.post("/v1/events", json=purchase_json("r1", start=START))
                 await eventually(lambda: _stage(lc, "new"), within=30)
             await first.state.runtime.stop()  # lifecycle is down for a while ...
-            async with client(contacts) as c:
+            async with asgi_client(contacts) as c:
                 await c.post("/v1/events", json=purchase_json("r1", day=2, start=START))
                 await eventually(lambda: _published(contacts), within=10)
             broker.restart()  # ... and the broker forgets the event it was to read
             second = lifecycle(broker, tmp_path)
             await second.state.runtime.start()
             try:
-                async with client(second) as lc:
+                async with asgi_client(second) as lc:
                     await eventually(lambda: _stage(lc, "active"), within=60)
                     history = (await lc.get("/v1/customers/r1/transitions")).json()
                 assert [t["to_stage"] for t in history] == ["prospect", "new", "active"]

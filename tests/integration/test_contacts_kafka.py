@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
@@ -16,6 +15,7 @@ from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
 from crm_shared.messaging.kafka import decode_headers
 from crm_shared.testing.broker import Broker
+from tests.support.apps import asgi_client, running
 from tests.support.events import T0, purchase_json
 from tests.support.kafka import eventually, produce, read_topic
 
@@ -29,16 +29,8 @@ async def contacts(database_url: str, broker: Broker, unique: str) -> AsyncItera
         fetch_max_wait_ms=10,
         topic_partitions=2,
     )
-    app = create_app(settings)
-    await app.state.runtime.start()
-    try:
+    async with running(create_app(settings)) as app:
         yield app
-    finally:
-        await app.state.runtime.stop()
-
-
-def client_of(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
 def outreach(contact_id: str) -> dict[str, Any]:
@@ -59,7 +51,7 @@ async def test_ingestion_over_http_and_kafka_with_duplicates_rejects_and_a_merge
     prefix = contacts.state.runtime.settings.topic_prefix
     ada = purchase_json("email:ada@example.com", day=1)
     bob = purchase_json("ext:shop:bob", day=2)
-    async with client_of(contacts) as client:
+    async with asgi_client(contacts) as client:
         assert (await client.post("/v1/events", json=ada)).status_code == 202
         await produce(
             broker.bootstrap,

@@ -20,6 +20,7 @@ from crm_shared.messaging.topics import CUSTOMER_EVENTS, ensure_topics, with_dlq
 from crm_shared.testing.broker import Broker
 from lifecycle.bootstrap import create_app
 from lifecycle.settings import LifecycleSettings
+from tests.support.apps import asgi_client, running
 from tests.support.cdnow import load_sample, purchase_events, purchase_times_by_customer
 from tests.support.kafka import eventually
 from tests.support.lifecycle_reference import stage_at, stage_counts
@@ -43,12 +44,8 @@ async def lifecycle(database_url: str, broker: Broker, unique: str) -> AsyncIter
     )
     # Settings ignore unknown fields, so a service without `clock` would run on the wall clock.
     assert settings.clock == "event-time"
-    app = create_app(settings)
-    await app.state.runtime.start()
-    try:
+    async with running(create_app(settings)) as app:
         yield app
-    finally:
-        await app.state.runtime.stop()
 
 
 async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
@@ -108,8 +105,7 @@ async def test_a_replay_of_cdnow_gives_the_reference_stages_now_and_as_of_a_past
     await ensure_topics(broker.bootstrap, with_dlq([topic]), partitions=settings.topic_partitions)
     await publish(broker.bootstrap, topic, purchase_events(purchases))
 
-    transport = httpx.ASGITransport(app=lifecycle)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with asgi_client(lifecycle) as client:
 
         async def caught_up() -> dict[str, Any] | None:
             body = await summary(client)

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
 from crm_shared.testing.broker import Broker
 from scoring.bootstrap import create_app
 from scoring.settings import ScoringSettings
+from tests.support.apps import asgi_client, running
 from tests.support.cdnow import load_sample
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually, produce, read_topic
@@ -33,16 +33,8 @@ async def scoring(database_url: str, broker: Broker, unique: str) -> AsyncIterat
         topic_partitions=2,
         min_buyers_for_fit=10,
     )
-    app = create_app(settings)
-    await app.state.runtime.start()
-    try:
+    async with running(create_app(settings)) as app:
         yield app
-    finally:
-        await app.state.runtime.stop()
-
-
-def client_of(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
 def history(customers: int) -> list[tuple[bytes, bytes]]:
@@ -69,7 +61,7 @@ async def test_streamed_purchases_give_consistent_scores_and_material_changes_on
     prefix = scoring.state.runtime.settings.topic_prefix
     messages = history(CUSTOMERS)
     await produce(broker.bootstrap, f"{prefix}crm.customer-events", messages)
-    async with client_of(scoring) as client:
+    async with asgi_client(scoring) as client:
 
         async def all_scored() -> Any:
             page = (await client.get("/v1/customers", params={"limit": 500})).json()

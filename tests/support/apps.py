@@ -22,3 +22,18 @@ async def api_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
     finally:
         await runtime.db.dispose()
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
+    """The app's runtime started (database, Kafka side, consumers) for the block."""
+    await app.state.runtime.start()
+    try:
+        yield app
+    finally:
+        await app.state.runtime.stop()
+
+
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    """A client of the app over ASGI, without starting anything."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
