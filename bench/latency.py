@@ -114,7 +114,11 @@ async def latency(
     """POST single purchases of fresh customers at a steady rate; time until each is `new`."""
     server = ctx.server_stats()
     await server.start()
-    async with RawHttp(*ctx.contacts_addr) as contacts, RawHttp(*ctx.lifecycle_addr) as lifecycle:
+    authorization = ctx.contacts.headers.get("Authorization", "")
+    async with (
+        RawHttp(*ctx.contacts_addr, authorization=authorization) as contacts,
+        RawHttp(*ctx.lifecycle_addr, authorization=authorization) as lifecycle,
+    ):
         prober = Prober(contacts, lifecycle, RateLimit(max_poll_rate), poll_interval, within)
         meter = ctx.meter()
         meter.start()

@@ -240,6 +240,7 @@ class Run:
                         base_url=self.stack.url(name),
                         timeout=httpx.Timeout(30.0),
                         trust_env=False,
+                        headers=self.stack.headers,
                     )
                 )
             lifecycle, scoring = self.clients.get("lifecycle"), self.clients.get("scoring")

@@ -23,8 +23,9 @@ class RawHttpError(RuntimeError):
 
 
 class RawHttp:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, authorization: str = "") -> None:
         self.host, self.port = host, port
+        self.authorization = authorization
         self._idle: list[tuple[float, Connection]] = []
         self._open: set[asyncio.StreamWriter] = set()
 
@@ -41,6 +42,8 @@ class RawHttp:
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
         if content_type:
             head += f"Content-Type: {content_type}\r\n"
+        if self.authorization:
+            head += f"Authorization: {self.authorization}\r\n"
         message = head.encode() + b"\r\n" + body
         connection = self._take_idle()
         if connection is not None:

@@ -199,13 +199,18 @@ class Run:
         timeout = httpx.Timeout(60.0)
         async with (
             httpx.AsyncClient(
-                base_url=self.stack.url("contacts"), limits=limits, timeout=timeout, trust_env=False
+                base_url=self.stack.url("contacts"),
+                limits=limits,
+                timeout=timeout,
+                trust_env=False,
+                headers=self.stack.headers,
             ) as contacts,
             httpx.AsyncClient(
                 base_url=self.stack.url("lifecycle"),
                 limits=limits,
                 timeout=timeout,
                 trust_env=False,
+                headers=self.stack.headers,
             ) as lifecycle,
         ):
             ctx = self._context(contacts, lifecycle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from crm_shared.app.auth import issue_token
 from crm_shared.messaging.topics import ALL_TOPICS, ensure_topics
 from crm_shared.testing.broker import DEFAULT_HOST, Broker, BrokerError, port_is_free
 from crm_shared.testing.stack import DEFAULT_PORTS, SERVICES, ServiceError, Stack
@@ -29,6 +31,7 @@ TOPICS_TIMEOUT = 30.0
 WATCH_INTERVAL = 0.5
 # A wrapper (e.g. `uv run`) may pass on the Ctrl-C the terminal already delivered to us.
 DOUBLE_SIGNAL_WINDOW = 1.0
+DEV_TOKEN_TTL_S = 30 * 86_400.0
 
 HELP_EPILOG = f"""\
 environment variables:
@@ -46,8 +49,13 @@ environment variables:
   CRM_<SERVICE>_DATABASE_URL
                            database of one service instead of its SQLite file,
                            e.g. CRM_SCORING_DATABASE_URL=postgresql+asyncpg://...
+  CRM_AUTH_JWT_SECRET      HS256 secret the services check tokens with (default: a
+                           random one kept in <data dir>/dev-secret)
   CRM_FETCH_MAX_WAIT_MS, CRM_LOG_LEVEL
                            passed through to every service
+
+Every API needs a bearer token: crm-dev writes one with every scope (valid 30 days) to
+<data dir>/dev-token and prints it.
 
 The embedded broker keeps everything in memory: stopping crm-dev loses all topics and
 records, while the services' databases under CRM_DATA_DIR persist.
@@ -224,6 +232,7 @@ def run(config: DevConfig) -> int:
         _check_ports_free(config)
         broker = _start_broker(config)
         _create_topics(config)
+        secret = _dev_secret(config.data_dir)
         stack = Stack(
             config.services,
             bootstrap=config.bootstrap,
@@ -234,6 +243,7 @@ def run(config: DevConfig) -> int:
             database_urls=config.database_urls,
             # Services create their topics too: make them agree with the ones made here.
             env={"CRM_TOPIC_PARTITIONS": str(config.partitions)},
+            auth_secret=secret,
         )
         status = _start_and_watch(config, stack, broker)
     except _StopRequested:
@@ -247,6 +257,29 @@ def run(config: DevConfig) -> int:
         _shutdown(stack, broker, signals)
     _say("stopped")
     return status
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """The signing secret of this development set-up: the environment's, or one made
+    once and kept (owner-only) so tokens stay valid across restarts."""
+    configured = os.environ.get("CRM_AUTH_JWT_SECRET", "").strip()
+    if configured:
+        return configured
+    path = data_dir / "dev-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
+
+
+def _write_dev_token(config: DevConfig, stack: Stack) -> Path:
+    path = config.data_dir / "dev-token"
+    path.touch(mode=0o600)
+    path.write_text(issue_token(stack.auth_secret, ttl_s=DEV_TOKEN_TTL_S) + "\n")
+    return path
 
 
 def _check_ports_free(config: DevConfig) -> None:
@@ -293,7 +326,8 @@ def _start_and_watch(config: DevConfig, stack: Stack, broker: Broker) -> int:
     started = time.monotonic()
     stack.start()
     _say(f"ready in {time.monotonic() - started:.1f}s")
-    print(_summary(config, stack, broker), flush=True)
+    token_path = _write_dev_token(config, stack)
+    print(_summary(config, stack, broker, token_path), flush=True)
     return _watch(stack, broker)
 
 
@@ -314,7 +348,7 @@ def _watch(stack: Stack, broker: Broker) -> int:
         time.sleep(WATCH_INTERVAL)
 
 
-def _summary(config: DevConfig, stack: Stack, broker: Broker) -> str:
+def _summary(config: DevConfig, stack: Stack, broker: Broker, token_path: Path) -> str:
     rows = [("service", "url", "docs", "log")]
     rows += [(p.name, p.url, p.docs_url, str(p.log_path)) for p in stack.processes.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -325,7 +359,16 @@ def _summary(config: DevConfig, stack: Stack, broker: Broker) -> str:
     else:
         lines.append(f"  broker   {broker.bootstrap}  (external)")
     lines.append(f"  data     {config.data_dir}")
-    lines += ["", "Press Ctrl-C to stop."]
+    token = token_path.read_text().strip()
+    lines += [
+        "",
+        f"  token    every scope, 30 days, also in {token_path}:",
+        f"           {token}",
+        f'  try      curl -H "Authorization: Bearer $(cat {token_path})" '
+        f"{stack.url(stack.names[0])}/v1/...",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
     return "\n".join(lines)
 
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -45,7 +44,7 @@ async def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Asy
 
 
 async def stage_of(stack: Stack, customer: str) -> str | None:
-    async with httpx.AsyncClient(base_url=stack.url("lifecycle")) as client:
+    async with stack.client("lifecycle") as client:
         response = await client.get(f"/v1/customers/{customer}/stage")
     return response.json()["stage"] if response.status_code == 200 else None
 
@@ -56,7 +55,7 @@ async def test_purchases_posted_over_http_make_an_active_customer_in_lifecycle(
     customer = f"c-{uuid.uuid4().hex[:8]}"
     # Recent purchases: the services run on the wall clock, and old ones would be dormant.
     start = datetime.now(UTC) - timedelta(days=10)
-    async with httpx.AsyncClient(base_url=stack.url("contacts")) as client:
+    async with stack.client("contacts") as client:
         first = await client.post("/v1/events", json=purchase_json(customer, start=start))
         assert first.status_code == 202
         await eventually(lambda: _is(stage_of(stack, customer), "new"), within=30)
@@ -69,7 +68,7 @@ async def test_purchases_posted_over_http_make_an_active_customer_in_lifecycle(
         )
         assert response.json()["accepted"] == 2
     await eventually(lambda: _is(stage_of(stack, customer), "active"), within=30)
-    async with httpx.AsyncClient(base_url=stack.url("lifecycle")) as client:
+    async with stack.client("lifecycle") as client:
         stage = (await client.get(f"/v1/customers/{customer}/stage")).json()
     assert stage["purchases"] == 3
 
@@ -95,7 +94,7 @@ async def test_every_service_reports_ready_and_serves_its_openapi_and_metrics(
     stack: Stack,
 ) -> None:
     for name in SERVICES:
-        async with httpx.AsyncClient(base_url=stack.url(name)) as client:
+        async with stack.client(name) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 200, (name, ready.text)
             assert (await client.get("/openapi.json")).json()["info"]["title"] == f"CRM {name}"

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -60,7 +59,7 @@ async def stack(
 
 
 async def test_silence_after_purchases_sends_one_wake_up_email(stack: Stack, smtp: Mailbox) -> None:
-    async with httpx.AsyncClient(base_url=stack.url("contacts")) as contacts:
+    async with stack.client("contacts") as contacts:
         ada = (
             await contacts.post(
                 "/v1/contacts",
@@ -76,7 +75,7 @@ async def test_silence_after_purchases_sends_one_wake_up_email(stack: Stack, smt
             assert (await contacts.post("/v1/events", json=event)).status_code == 202
 
     async def stage() -> Any:
-        async with httpx.AsyncClient(base_url=stack.url("lifecycle")) as lifecycle:
+        async with stack.client("lifecycle") as lifecycle:
             answer = await lifecycle.get(f"/v1/customers/{ada['id']}/stage")
         return answer.json().get("stage") == "dormant"
 
@@ -87,7 +86,7 @@ async def test_silence_after_purchases_sends_one_wake_up_email(stack: Stack, smt
 
     [mail] = await eventually(mailed, within=30)
     assert "Ada" in mail.get_payload(decode=True).decode()
-    async with httpx.AsyncClient(base_url=stack.url("notifications")) as notifications:
+    async with stack.client("notifications") as notifications:
         log = (await notifications.get(f"/v1/customers/{ada['id']}/deliveries")).json()["items"]
     sent = [d for d in log if d["status"] == "sent"]
     assert [d["rule_id"] for d in sent] == ["wake_up"]

@@ -23,6 +23,7 @@ from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
 from notifications.store import outreach
 from tests.support.apps import api_client
+from tests.support.auth import auth_headers
 from tests.support.mailbox import Mailbox, mailbox
 
 NOON = datetime(2026, 6, 10, 10, 0, tzinfo=UTC)  # 12:00 in Berlin
@@ -128,7 +129,9 @@ async def app(database_url: str, smtp: Mailbox) -> AsyncIterator[FastAPI]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", headers=auth_headers()
+    ) as client:
         yield client
 
 

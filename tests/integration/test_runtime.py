@@ -17,6 +17,7 @@ from crm_shared.store.inbox import Inbox
 from crm_shared.testing.broker import Broker
 from lifecycle.bootstrap import create_app
 from lifecycle.settings import LifecycleSettings
+from tests.support.auth import auth_headers
 from tests.support.db import CoreDb
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually, make_topic, produce
@@ -39,7 +40,9 @@ async def test_a_service_whose_broker_is_away_serves_http_but_is_not_ready(
     await runtime.start()
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers=auth_headers()
+        ) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"] == {"database": "ok", "broker": "connecting"}

@@ -61,6 +61,11 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         routers=[contacts_router, events_router, timeline_router, schemas_router, imports_router],
         state={"ingestor": ingestor, "contacts": contacts},
+        # The routes taking batches and files enforce their own (bigger) caps.
+        body_limits={
+            "/v1/events": settings.ingest_max_bytes,
+            "/v1/imports": settings.import_max_bytes,
+        },
     )
     errors.install(app)
     return app

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_shared.app.auth import TokenVerifier, check_every_route_is_guarded, document_access
+from crm_shared.app.limits import BodyLimit
 from crm_shared.app.metrics import CONTENT_TYPE, Metrics
 from crm_shared.app.problems import install_problem_handlers
 from crm_shared.app.runtime import Runtime
@@ -24,8 +27,14 @@ def create_service_app(
     routers: Sequence[APIRouter] = (),
     version: str = "0.1.0",
     state: dict[str, Any] | None = None,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
-    """Build a service's app around its runtime; nothing connects until the lifespan starts."""
+    """Build a service's app around its runtime; nothing connects until the lifespan starts.
+
+    Every route must require a scope or be marked public (see `crm_shared.app.auth`);
+    `body_limits` gives path prefixes that take bigger bodies than `CRM_MAX_BODY_BYTES`.
+    """
+    settings = runtime.settings
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -35,14 +44,35 @@ def create_service_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    docs = settings.docs_public
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.runtime = runtime
+    app.state.token_verifier = TokenVerifier.from_settings(settings)
     for key, value in (state or {}).items():
         setattr(app.state, key, value)
     install_problem_handlers(app)
     app.include_router(_operations_router())
     for router in routers:
         app.include_router(router)
+    check_every_route_is_guarded(app)
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes, overrides=body_limits)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+            expose_headers=["ETag", "Location", "traceparent"],
+            max_age=600,
+        )
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
     _document_problems(app)
     return app
@@ -80,6 +110,7 @@ def _document_problems(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        document_access(app, schema)
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 _problem_responses(operation)

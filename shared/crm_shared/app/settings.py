@@ -43,6 +43,25 @@ class ServiceSettings(BaseSettings):
     log_json: bool = True
     shutdown_timeout_s: float = 10.0
 
+    # Authentication: bearer JWTs, HS256 with a shared secret and/or RS256 from a JWKS.
+    auth_disabled: bool = Field(
+        default=False, description="serve without authentication (never in production)"
+    )
+    auth_jwt_secret: str = Field(default="", description="HS256 shared secret")
+    auth_jwks_url: str = Field(default="", description="RS256 keys: a JWKS document URL")
+    auth_jwks_file: str = Field(default="", description="RS256 keys: a JWKS document file")
+    auth_issuer: str = Field(default="crm", description="the `iss` every token must carry")
+    auth_audience: str = Field(default="crm-api", description="the `aud` tokens must name")
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=600, description="clock skew allowed")
+    docs_public: bool = Field(
+        default=True, description="serve /docs, /openapi.json and /asyncapi.json without a token"
+    )
+    # Request limits and browsers.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body cap")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed to call from a browser (JSON list)"
+    )
+
     def model_post_init(self, _context: object) -> None:
         if not self.http_port:
             self.http_port = self.default_port

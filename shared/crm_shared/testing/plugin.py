@@ -25,6 +25,11 @@ from crm_shared.testing.broker import Broker
 TEST_BOOTSTRAP_ENV = "CRM_TEST_KAFKA_BOOTSTRAP"
 TEST_TOPIC_PARTITIONS = 3
 
+# Every service built or started in a test checks tokens signed with this secret
+# (settings read it from the environment); tests sign theirs with it too.
+TEST_AUTH_SECRET = "crm-test-secret-not-for-production-0123456789"
+os.environ.setdefault("CRM_AUTH_JWT_SECRET", TEST_AUTH_SECRET)
+
 NewTopics = Callable[..., Awaitable[list[str]]]
 """`await new_topics("orders", "payments", partitions=3)` -> the unique topic names."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Self
 
 import httpx
 
+from crm_shared.app.auth import issue_token
 from crm_shared.testing.broker import (
     DEFAULT_HOST,
     free_port,
@@ -267,6 +269,7 @@ class Stack:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 60.0,
         stop_timeout: float = STOP_TIMEOUT,
+        auth_secret: str | None = None,
     ) -> None:
         names = list(dict.fromkeys(services))
         unknown = sorted(set(names) - set(SERVICES))
@@ -279,6 +282,14 @@ class Stack:
         urls = database_urls or {}
         # Services derive default paths from it; keep them inside this stack's directory.
         env = {"CRM_DATA_DIR": str(self.data_dir), **(env or {})}
+        # The services check HS256 tokens signed with this secret; `token` is one of them.
+        self.auth_secret = (
+            auth_secret
+            or env.get("CRM_AUTH_JWT_SECRET")
+            or os.environ.get("CRM_AUTH_JWT_SECRET")
+            or secrets.token_urlsafe(32)
+        )
+        env["CRM_AUTH_JWT_SECRET"] = self.auth_secret
         self.processes: dict[str, ServiceProcess] = {
             name: ServiceProcess(
                 name,
@@ -304,6 +315,26 @@ class Stack:
     def url(self, name: str) -> str:
         """Base URL of a service, e.g. `http://127.0.0.1:8001`."""
         return self.processes[name].url
+
+    def token(self, *, scopes: Iterable[str] | None = None, ttl_s: float = 86_400.0) -> str:
+        """A bearer token the services accept (every scope unless `scopes` is given)."""
+        if scopes is None:
+            return issue_token(self.auth_secret, ttl_s=ttl_s)
+        return issue_token(self.auth_secret, scopes=scopes, ttl_s=ttl_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Authorization` with an every-scope token, for clients of the services."""
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def client(self, name: str, **options: object) -> httpx.AsyncClient:
+        """An HTTP client of one service, authenticated with every scope."""
+        return httpx.AsyncClient(
+            base_url=self.url(name),
+            headers=self.headers,
+            trust_env=False,
+            **options,  # type: ignore[arg-type]
+        )
 
     def dead(self) -> list[ServiceProcess]:
         """The services whose process has exited."""

@@ -25,9 +25,12 @@ from contacts.domain.identity import external_id, parse_identifier
 from contacts.handlers import idempotency
 from contacts.handlers.records import ContactService, NotFound, etag, history
 from contacts.store import queries, records
+from crm_shared.app.auth import requires
 from crm_shared.app.problems import Problem
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+READ = requires("contacts:read")
+WRITE = requires("contacts:write")
 
 
 async def get_service(request: Request) -> ContactService:
@@ -48,6 +51,7 @@ def _view(response: Response, view: ContactView) -> ContactView:
 
 @router.post(
     "",
+    dependencies=[WRITE],
     status_code=201,
     response_model=ContactView,
     responses={
@@ -108,7 +112,7 @@ async def _refuse_known(conn: Any, body: ContactCreate, external: list[str]) -> 
         )
 
 
-@router.get("", response_model=ContactPage)
+@router.get("", dependencies=[READ], response_model=ContactPage)
 async def list_contacts(
     service: ServiceDep,
     tag: Annotated[list[str], Query(description="has every tag given")] = [],  # noqa: B006
@@ -172,7 +176,7 @@ async def _lookup(conn: Any, ref: str) -> list[str]:
     return list((await records.resolve(conn, [identifier])).values())
 
 
-@router.get("/{contact_id}", response_model=ContactView, responses=NOT_FOUND)
+@router.get("/{contact_id}", dependencies=[READ], response_model=ContactView, responses=NOT_FOUND)
 async def get_contact(
     contact_id: str,
     response: Response,
@@ -192,6 +196,7 @@ async def get_contact(
 
 @router.patch(
     "/{contact_id}",
+    dependencies=[WRITE],
     response_model=ContactView,
     responses={**NOT_FOUND, 412: {"description": "If-Match is stale"}},
     openapi_extra={
@@ -235,7 +240,12 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.get("/{contact_id}/history", response_model=list[HistoryEntry], responses=NOT_FOUND)
+@router.get(
+    "/{contact_id}/history",
+    dependencies=[READ],
+    response_model=list[HistoryEntry],
+    responses=NOT_FOUND,
+)
 async def get_history(contact_id: str, service: ServiceDep) -> list[dict[str, Any]]:
     """Every change of the record, oldest first: when, which event, who, field by field."""
     return await history(service, contact_id)
@@ -243,6 +253,7 @@ async def get_history(contact_id: str, service: ServiceDep) -> list[dict[str, An
 
 @router.put(
     "/{contact_id}/consent/{channel}",
+    dependencies=[WRITE],
     response_model=ContactView,
     responses={**NOT_FOUND, 412: {"description": "If-Match is stale"}},
 )
@@ -262,7 +273,10 @@ async def put_consent(
 
 
 @router.get(
-    "/{contact_id}/duplicates", response_model=list[DuplicateCandidate], responses=NOT_FOUND
+    "/{contact_id}/duplicates",
+    dependencies=[READ],
+    response_model=list[DuplicateCandidate],
+    responses=NOT_FOUND,
 )
 async def get_duplicates(contact_id: str, service: ServiceDep) -> list[dict[str, Any]]:
     """Likely duplicates: same email or phone, or a similar name at the same company."""
@@ -273,6 +287,7 @@ async def get_duplicates(contact_id: str, service: ServiceDep) -> list[dict[str,
 
 @router.post(
     "/{contact_id}/merge",
+    dependencies=[WRITE],
     response_model=ContactView,
     responses={
         **NOT_FOUND,
@@ -296,7 +311,9 @@ async def merge_contacts(
     return _view(response, ContactView.of(state))
 
 
-@router.post("/{contact_id}/unmerge", response_model=ContactView, responses=NOT_FOUND)
+@router.post(
+    "/{contact_id}/unmerge", dependencies=[WRITE], response_model=ContactView, responses=NOT_FOUND
+)
 async def unmerge_contact(
     contact_id: str,
     body: Annotated[UnmergeRequest, Body()],

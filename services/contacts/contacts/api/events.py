@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from contacts.handlers.ingest import Ingestor, Outcome
 from contacts.settings import ContactsSettings
+from crm_shared.app.auth import requires
 from crm_shared.app.problems import Problem
 from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
 
@@ -93,6 +94,7 @@ _BODY = {
 
 @router.post(
     "/events",
+    dependencies=[requires("events:write")],
     openapi_extra=_BODY,
     response_model=BatchOutcome | EventOutcome,
     status_code=202,

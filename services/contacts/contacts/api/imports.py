@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from contacts.api.contacts import ServiceDep
 from contacts.api.events import SettingsDep
 from contacts.handlers.imports import Importer, ImportFileError, decode
+from crm_shared.app.auth import requires
 from crm_shared.app.problems import Problem
 
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
@@ -59,6 +60,7 @@ class ImportResult(BaseModel):
 
 @router.post(
     "",
+    dependencies=[requires("contacts:write")],
     response_model=ImportResult,
     openapi_extra=_BODY,
     responses={

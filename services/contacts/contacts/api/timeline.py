@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from contacts.store import records
 from contacts.store.timeline import TimelineQuery, timeline
+from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 
@@ -30,6 +31,7 @@ class TimelinePage(BaseModel):
 
 @router.get(
     "/contacts/{contact_id}/timeline",
+    dependencies=[requires("contacts:read")],
     response_model=TimelinePage,
     responses={404: {"description": "no such contact"}},
 )

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 from lifecycle.domain.policy import Policy
@@ -22,7 +23,7 @@ def _lifecycle(request: Request) -> Lifecycle:
     return lifecycle
 
 
-@router.get("/reports/flow")
+@router.get("/reports/flow", dependencies=[requires("lifecycle:read")])
 async def flow_matrix(
     runtime: RuntimeDep,
     after: Annotated[datetime | None, Query(description="transitions at or after")] = None,
@@ -37,7 +38,7 @@ async def flow_matrix(
     return {"after": after, "before": before, "flow": matrix}
 
 
-@router.get("/reports/cohorts")
+@router.get("/reports/cohorts", dependencies=[requires("lifecycle:read")])
 async def cohort_table(
     request: Request,
     runtime: RuntimeDep,
@@ -51,7 +52,7 @@ async def cohort_table(
     return {"as_of": now, "months": months, "cohorts": table}
 
 
-@router.post("/admin/rebuild")
+@router.post("/admin/rebuild", dependencies=[requires("lifecycle:admin")])
 async def rebuild(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Drop the projection and rebuild it from the facts kept; nothing is published."""
     started = datetime.now(UTC)
@@ -59,7 +60,7 @@ async def rebuild(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     return {**result, "seconds": (datetime.now(UTC) - started).total_seconds()}
 
 
-@router.post("/admin/what-if")
+@router.post("/admin/what-if", dependencies=[requires("lifecycle:admin")])
 async def what_if(policy: Policy, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Evaluate another policy over the same history: who would end in a different stage,
     and how the counts per stage would change. Nothing is written or published."""

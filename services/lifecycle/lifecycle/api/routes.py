@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
+from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 from lifecycle.domain.stages import STAGES
@@ -60,6 +61,7 @@ def _aware(name: str, value: datetime | None) -> None:
 
 @router.get(
     "/customers/{customer_id}/stage",
+    dependencies=[requires("lifecycle:read")],
     response_model=StageView,
     responses={404: {"description": "no event about this customer (by then)"}},
 )
@@ -93,7 +95,11 @@ async def get_stage(customer_id: str, runtime: RuntimeDep, as_of: AsOf = None) -
     )
 
 
-@router.get("/customers/{customer_id}/transitions", response_model=list[TransitionView])
+@router.get(
+    "/customers/{customer_id}/transitions",
+    dependencies=[requires("lifecycle:read")],
+    response_model=list[TransitionView],
+)
 async def get_customer_transitions(
     customer_id: str,
     runtime: RuntimeDep,
@@ -106,7 +112,7 @@ async def get_customer_transitions(
         return await stages.history_of(conn, customer_id, include_superseded=include_superseded)
 
 
-@router.get("/stages/summary", response_model=Summary)
+@router.get("/stages/summary", dependencies=[requires("lifecycle:read")], response_model=Summary)
 async def get_summary(request: Request, runtime: RuntimeDep, as_of: AsOf = None) -> Summary:
     """How many customers are in each stage (now, or at `as_of`). `as_of` in the answer is
     the time the counts describe: the clock's now (the event-time clock's, if so set)."""
@@ -117,7 +123,9 @@ async def get_summary(request: Request, runtime: RuntimeDep, as_of: AsOf = None)
     return Summary(as_of=described, counts={stage: counts.get(stage, 0) for stage in STAGES})
 
 
-@router.get("/transitions", response_model=TransitionPage)
+@router.get(
+    "/transitions", dependencies=[requires("lifecycle:read")], response_model=TransitionPage
+)
 async def list_transitions(
     runtime: RuntimeDep,
     from_stage: Annotated[str | None, Query(alias="from")] = None,

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from crm_shared.app.auth import public, requires
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 from crm_shared.events import new_event
@@ -22,6 +23,8 @@ from notifications.handlers.dry_run import dry_run
 from notifications.store import outreach
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
+READ = requires("notifications:read")
+ADMIN = requires("notifications:admin")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not found"}}
 SAMPLE = {
     "contact": {
@@ -50,14 +53,14 @@ class PreviewBody(BaseModel):
     )
 
 
-@router.get("/rules", response_model=list[Rule])
+@router.get("/rules", dependencies=[READ], response_model=list[Rule])
 async def list_rules(runtime: RuntimeDep) -> list[Rule]:
     """Every rule (playbook) at its current version."""
     async with runtime.db.read() as conn:
         return await outreach.all_rules(conn)
 
 
-@router.get("/rules/{rule_id}", responses=NOT_FOUND)
+@router.get("/rules/{rule_id}", dependencies=[READ], responses=NOT_FOUND)
 async def get_rule(rule_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     """A rule and all its versions."""
     async with runtime.db.read() as conn:
@@ -68,7 +71,7 @@ async def get_rule(rule_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {"rule": rule.model_dump(mode="json"), "versions": versions}
 
 
-@router.put("/rules/{rule_id}", response_model=Rule)
+@router.put("/rules/{rule_id}", dependencies=[ADMIN], response_model=Rule)
 async def put_rule(rule_id: str, body: RuleBody, runtime: RuntimeDep) -> Rule:
     """Create a rule or make a new version of it; deliveries name the version they used."""
     if not rule_id.replace("_", "").replace("-", "").isalnum() or len(rule_id) > 100:
@@ -83,7 +86,7 @@ async def put_rule(rule_id: str, body: RuleBody, runtime: RuntimeDep) -> Rule:
         return await outreach.put_rule(conn, rule_id, body, datetime.now(UTC))
 
 
-@router.post("/rules/{rule_id}/dry-run", responses=NOT_FOUND)
+@router.post("/rules/{rule_id}/dry-run", dependencies=[ADMIN], responses=NOT_FOUND)
 async def dry_run_rule(
     rule_id: str,
     request: Request,
@@ -106,7 +109,7 @@ async def dry_run_rule(
         )
 
 
-@router.get("/templates/{template_id}", responses=NOT_FOUND)
+@router.get("/templates/{template_id}", dependencies=[READ], responses=NOT_FOUND)
 async def get_template(template_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     async with runtime.db.read() as conn:
         found = await outreach.get_template(conn, template_id)
@@ -115,7 +118,7 @@ async def get_template(template_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     return found
 
 
-@router.put("/templates/{template_id}")
+@router.put("/templates/{template_id}", dependencies=[ADMIN])
 async def put_template(template_id: str, body: TemplateBody, runtime: RuntimeDep) -> dict[str, Any]:
     """Store a template (Jinja2, sandboxed); it must render with the sample contact."""
     _rendered(Template(template_id, body.channel, body.subject, body.body), SAMPLE)
@@ -125,7 +128,7 @@ async def put_template(template_id: str, body: TemplateBody, runtime: RuntimeDep
         )
 
 
-@router.post("/templates/{template_id}/preview", responses=NOT_FOUND)
+@router.post("/templates/{template_id}/preview", dependencies=[ADMIN], responses=NOT_FOUND)
 async def preview(template_id: str, body: PreviewBody, runtime: RuntimeDep) -> dict[str, Any]:
     """Render a template: a missing variable is a 422 naming it, never a blank."""
     async with runtime.db.read() as conn:
@@ -144,7 +147,7 @@ def _rendered(template: Template, context: dict[str, Any]) -> tuple[str | None, 
         raise Problem(422, f"template: {exc}", field="body") from None
 
 
-@router.get("/deliveries")
+@router.get("/deliveries", dependencies=[READ])
 async def list_deliveries(
     runtime: RuntimeDep,
     status: Literal["scheduled", "held", "sending", "sent", "failed", "suppressed"] | None = None,
@@ -170,7 +173,7 @@ async def list_deliveries(
     return {"items": rows, "next_cursor": next_cursor}
 
 
-@router.get("/customers/{customer_id}/deliveries")
+@router.get("/customers/{customer_id}/deliveries", dependencies=[READ])
 async def customer_deliveries(
     customer_id: str,
     runtime: RuntimeDep,
@@ -181,7 +184,7 @@ async def customer_deliveries(
     return await list_deliveries(runtime, customer_id=customer_id, limit=limit, cursor=cursor)
 
 
-@router.get("/channels")
+@router.get("/channels", dependencies=[READ])
 async def channel_status(request: Request) -> dict[str, Any]:
     """Each channel, and for webhooks whether the endpoint is paused after failures."""
     found = request.app.state.dispatcher.channels
@@ -192,7 +195,11 @@ async def channel_status(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/unsubscribe", responses={400: {"description": "not a valid link"}})
+@router.get(
+    "/unsubscribe",
+    dependencies=[public("the signed link in the message authenticates the customer")],
+    responses={400: {"description": "not a valid link"}},
+)
 async def unsubscribe(token: str, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """The link in every marketing message: records the opt-out at once."""
     try:

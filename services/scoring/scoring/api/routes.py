@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
+from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
 from crm_shared.app.problems import Problem
 from scoring.domain.model import ScoringModel, score
@@ -57,6 +58,7 @@ def _scoring(request: Request) -> Scoring:
 
 @router.get(
     "/customers/{customer_id}/score",
+    dependencies=[requires("scores:read")],
     response_model=ScoreView,
     responses={404: {"description": "no score for this customer (by then)"}},
 )
@@ -78,7 +80,7 @@ async def get_score(
     return found
 
 
-@router.get("/customers", response_model=Worklist)
+@router.get("/customers", dependencies=[requires("scores:read")], response_model=Worklist)
 async def worklist(
     runtime: RuntimeDep,
     tier: str | None = None,
@@ -101,7 +103,7 @@ async def worklist(
     return Worklist(items=[ScoreView.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/models")
+@router.get("/models", dependencies=[requires("scores:read")])
 async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     """Every fitted model, newest first; `active` marks the one scoring now."""
     async with runtime.db.read() as conn:
@@ -114,7 +116,11 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{version}", responses={404: {"description": "no such model"}})
+@router.get(
+    "/models/{version}",
+    dependencies=[requires("scores:read")],
+    responses={404: {"description": "no such model"}},
+)
 async def get_model(version: str, runtime: RuntimeDep) -> dict[str, Any]:
     """A fitted model: parameters as named in the literature, time unit, log-likelihood,
     customers used, fit time, and the population cut points of its RFM scores and tiers."""
@@ -125,7 +131,11 @@ async def get_model(version: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {**row["model"], "active": row["active"]}
 
 
-@router.post("/models/refit", responses={409: {"description": "too few buyers to fit"}})
+@router.post(
+    "/models/refit",
+    dependencies=[requires("scores:admin")],
+    responses={409: {"description": "too few buyers to fit"}},
+)
 async def refit(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Fit new models on every customer now, make them active and rescore everyone."""
     try:
@@ -136,7 +146,7 @@ async def refit(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-@router.post("/admin/replay")
+@router.post("/admin/replay", dependencies=[requires("scores:admin")])
 async def replay(body: ReplayRequest, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Score everyone with changed tier cut-offs or risk weights and compare with the
     current scores; nothing is written or published."""
