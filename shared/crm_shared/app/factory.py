@@ -17,6 +17,7 @@ from crm_shared.app.limits import BodyLimit
 from crm_shared.app.metrics import CONTENT_TYPE, Metrics
 from crm_shared.app.problems import install_problem_handlers
 from crm_shared.app.runtime import Runtime
+from crm_shared.app.tracing import TraceContextMiddleware
 
 
 def create_service_app(
@@ -74,6 +75,7 @@ def create_service_app(
             max_age=600,
         )
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    app.add_middleware(TraceContextMiddleware)  # outermost: every response names its trace
     _document_problems(app)
     return app
 

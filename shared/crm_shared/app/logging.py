@@ -1,4 +1,4 @@
-"""JSON logs: one object a line, with the fields passed in `extra`."""
+"""JSON logs: one object a line, with the fields passed in `extra` and the current trace."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from crm_shared import tracecontext
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -24,6 +26,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        trace = tracecontext.current()
+        if trace is not None:
+            entry["trace_id"], entry["span_id"] = trace.trace_id, trace.span_id
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -45,4 +50,6 @@ def configure_logging(service: str, *, level: str = "INFO", json_logs: bool = Tr
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # Chatty below WARNING (aiosqlite logs every statement at DEBUG), and not ours to debug.
+    for name in ("aiokafka", "aiosqlite"):
+        logging.getLogger(name).setLevel(logging.WARNING)

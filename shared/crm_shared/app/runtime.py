@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from crm_shared import tracecontext
 from crm_shared.app.metrics import Metrics
 from crm_shared.app.settings import ServiceSettings
 from crm_shared.events.catalog import CATALOG
@@ -63,6 +64,7 @@ class Runtime:
         self.events = EventStore(tables)
         self.outbox = Outbox(tables)
         self._migrations = migrations
+        self.publishes: tuple[str, ...] = tuple(topics)
         self._topics = [*with_dlq(topics), HEARTBEAT]
         self._subscriptions: list[Subscription] = []
         self._periodic: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = []
@@ -79,11 +81,22 @@ class Runtime:
         self._subscriptions.append(Subscription(name, topics, handler))
         self._topics += [t for t in with_dlq(topics) if t not in self._topics]
 
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """What the service consumes, by inbox name."""
+        return tuple(self._subscriptions)
+
     def every(
         self, name: str, seconds: float, work: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
-        """Run `work` every `seconds` while the service runs (started with the Kafka side)."""
-        self._periodic.append((name, seconds, work))
+        """Run `work` every `seconds` while the service runs (started with the Kafka side);
+        each run is a trace of its own."""
+
+        async def traced() -> None:
+            with tracecontext.use(tracecontext.new_trace()):
+                await work()
+
+        self._periodic.append((name, seconds, traced))
 
     def wake_relay(self) -> None:
         """Call after committing outbox rows, so they go out without waiting for a poll."""

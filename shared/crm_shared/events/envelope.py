@@ -11,7 +11,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from crm_shared import tracecontext
+from crm_shared.tracecontext import TraceContext
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
@@ -41,6 +51,25 @@ class CloudEvent(BaseModel):
     datacontenttype: str | None = "application/json"
     dataschema: str | None = None
     data: Any = None
+    # CloudEvents Distributed Tracing extension: the W3C trace of the work that produced it.
+    traceparent: str | None = Field(
+        default=None, description="W3C trace context of the work that produced the event"
+    )
+    tracestate: str | None = Field(default=None, description="vendor trace state (W3C)")
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _valid_traceparent(cls, value: Any) -> str | None:
+        # As W3C asks of a malformed header: ignore it (the event itself is fine).
+        context = tracecontext.parse(value) if isinstance(value, str) else None
+        return context.traceparent if context is not None else None
+
+    @field_validator("tracestate", mode="before")
+    @classmethod
+    def _valid_tracestate(cls, value: Any, info: ValidationInfo) -> str | None:
+        if not isinstance(value, str) or info.data.get("traceparent") is None:
+            return None  # a state without a valid parent means nothing
+        return tracecontext.parse_state(value)
 
     @field_validator("specversion")
     @classmethod
@@ -67,6 +96,18 @@ class CloudEvent(BaseModel):
             raise InvalidEvent("time is required", field="time")
         return self.time
 
+    def trace(self) -> TraceContext | None:
+        """The trace the event belongs to (None when it carries none)."""
+        return tracecontext.parse(self.traceparent, self.tracestate)
+
+    def with_trace(self, context: TraceContext | None) -> CloudEvent:
+        """The same event carrying `context` (itself when there is none to give)."""
+        if context is None:
+            return self
+        return self.model_copy(
+            update={"traceparent": context.traceparent, "tracestate": context.tracestate}
+        )
+
     def to_json(self) -> bytes:
         """Structured-mode JSON, without unset optional attributes."""
         return self.model_dump_json(exclude_none=True).encode()
@@ -83,9 +124,14 @@ def new_event(
     data: Any,
     time: datetime,
     id: str | None = None,
+    trace: TraceContext | None = None,
     **extensions: Any,
 ) -> CloudEvent:
-    """Build an envelope for an event this system emits."""
+    """Build an envelope for an event this system emits. It joins the trace of what caused
+    it: a new span under `trace` if given, else under the current trace, if any."""
+    span = trace.child() if trace is not None else tracecontext.child_of_current()
+    if span is not None:
+        extensions = {"traceparent": span.traceparent, "tracestate": span.tracestate, **extensions}
     return CloudEvent(
         id=id or str(uuid.uuid4()),
         source=source,

@@ -8,6 +8,10 @@ offsets. A crash anywhere replays the batch, and the inbox makes the replay harm
 A handler error that is not transient (the database is away) is narrowed down by applying
 the batch one event at a time: the events that still fail are dead-lettered with the error,
 the others are applied, and the consumer carries on.
+
+Each event keeps the trace it was published with (its `traceparent` attribute, or the
+Kafka header of that name): a batch of one is applied in that trace, and handlers pass
+the cause's trace on to the events they publish in reaction (see `events.causes`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared import tracecontext
 from crm_shared.app.metrics import Metrics
-from crm_shared.events.envelope import InvalidEvent, decode_envelope
+from crm_shared.events.envelope import CloudEvent, InvalidEvent, decode_envelope
 from crm_shared.events.registry import Event, EventData, EventRegistry
 from crm_shared.messaging.kafka import decode_headers, encode_headers
 from crm_shared.messaging.topics import dlq_topic
@@ -111,13 +116,19 @@ class BatchProcessor:
             try:
                 if record.value is None:
                     raise InvalidEvent("empty message (no value)")
-                event = self._registry.validate(decode_envelope(record.value))
-                received.append(Received(record, event))
+                envelope = _traced(decode_envelope(record.value), record)
+                received.append(Received(record, self._registry.validate(envelope)))
             except InvalidEvent as exc:
                 rejected.append(Rejected(record, exc.reason))
         return received, rejected
 
     async def _apply(self, received: list[Received]) -> None:
+        # One event: its trace is the work's (a batch of many has no one trace).
+        alone = received[0].event.envelope.trace() if len(received) == 1 else None
+        with tracecontext.use(alone.child() if alone is not None else None):
+            await self._apply_in_trace(received)
+
+    async def _apply_in_trace(self, received: list[Received]) -> None:
         async with self._db.transaction() as conn:
             fresh_ids = set(await self._inbox.unseen(conn, [r.event.id for r in received]))
             fresh = _first_of_each(received, fresh_ids)
@@ -145,8 +156,44 @@ class BatchProcessor:
     def _count(self, fresh: list[Received], *, duplicates: int) -> None:
         for item in fresh:
             self._metrics.events_consumed.labels(self.name, item.record.topic).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            for item in fresh:
+                _log_applied(self.name, item)
         if duplicates:
             self._metrics.events_duplicate.labels(self.name).inc(duplicates)
+
+
+def _traced(envelope: CloudEvent, record: ConsumerRecord[bytes, bytes]) -> CloudEvent:
+    """The event with its trace: its own attribute, else the record's `traceparent` header
+    (a producer that traces in headers only)."""
+    if envelope.traceparent is not None or not record.headers:
+        return envelope
+    return envelope.with_trace(_header_trace(record))
+
+
+def _header_trace(record: ConsumerRecord[bytes, bytes]) -> tracecontext.TraceContext | None:
+    return tracecontext.from_headers(
+        (name, value.decode("latin-1"))
+        for name, value in record.headers or ()
+        if name in (tracecontext.TRACEPARENT, tracecontext.TRACESTATE)
+    )
+
+
+def _log_applied(consumer: str, item: Received) -> None:
+    """A debug line per applied event, in the event's trace: follow one event by its trace
+    id through every service's log."""
+    with tracecontext.use(item.event.envelope.trace()):
+        log.debug(
+            "event applied",
+            extra={
+                "consumer": consumer,
+                "topic": item.record.topic,
+                "partition": item.record.partition,
+                "offset": item.record.offset,
+                "event_id": item.event.id,
+                "event_type": item.event.type,
+            },
+        )
 
 
 def _first_of_each(received: list[Received], fresh_ids: set[str]) -> list[Received]:
@@ -171,16 +218,17 @@ class DeadLetters:
         futures = []
         for item in rejected:
             record = item.record
-            log.warning(
-                "dead-lettering a message",
-                extra={
-                    "consumer": consumer,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "reason": item.reason,
-                },
-            )
+            with tracecontext.use(_header_trace(record)):
+                log.warning(
+                    "dead-lettering a message",
+                    extra={
+                        "consumer": consumer,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "reason": item.reason,
+                    },
+                )
             value, headers = _dlq_value(record.value), decode_headers(record.headers)
             headers.update(
                 {

@@ -19,7 +19,8 @@ from crm_shared.store.tables import CoreTables
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
-    """What to publish: topic, key (the customer id) and a CloudEvent."""
+    """What to publish: topic, key (the customer id) and a CloudEvent; the event's trace
+    goes into the Kafka headers too (`traceparent`, `tracestate`)."""
 
     topic: str
     key: str
@@ -100,7 +101,13 @@ def _row(message: OutgoingMessage, now: datetime) -> dict[str, object]:
         "key": message.key,
         "event_id": message.event.id,
         "payload": message.event.to_json().decode(),
-        "headers": message.headers,
+        "headers": {**_trace_headers(message.event), **message.headers},
         "created_at": now,
         "published_at": None,
     }
+
+
+def _trace_headers(event: CloudEvent) -> dict[str, str]:
+    # Kafka tooling reads the trace from headers without parsing the event.
+    headers = {"traceparent": event.traceparent, "tracestate": event.tracestate}
+    return {name: value for name, value in headers.items() if value is not None}

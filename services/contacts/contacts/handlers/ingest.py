@@ -23,6 +23,7 @@ from contacts.domain.contact import DomainError
 from contacts.domain.identity import parse_identifier, prospect_profile
 from contacts.handlers.records import ContactService, NewContact
 from contacts.store import records
+from crm_shared import tracecontext
 from crm_shared.events import CloudEvent, Event, EventData, EventRegistry, InvalidEvent
 from crm_shared.events.catalog import ConsentChanged
 from crm_shared.events.envelope import parse_envelope
@@ -69,10 +70,14 @@ class Ingestor:
         self._group: GroupCommit[Event[EventData], Outcome] = GroupCommit(self._store_with_retry)
 
     def validate(self, raw: Any, *, check_size: bool = True) -> Event[EventData]:
-        """One decoded JSON value as a typed event, or InvalidEvent naming the field."""
+        """One decoded JSON value as a typed event, or InvalidEvent naming the field; an
+        event that carries no trace joins the current one (the HTTP request's)."""
         if check_size and len(json.dumps(raw, default=str)) > self._max_event_bytes:
             raise InvalidEvent(f"event larger than {self._max_event_bytes} bytes")
-        return self._registry.validate(parse_envelope(raw))
+        envelope = parse_envelope(raw)
+        if envelope.traceparent is None:
+            envelope = envelope.with_trace(tracecontext.child_of_current())
+        return self._registry.validate(envelope)
 
     async def ingest(
         self, raw_events: Sequence[Any], *, body_bytes: int | None = None

@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events import Event, EventData, new_event
 from crm_shared.events.catalog import ContactMerged, ContactUnmerged, StageChanged
+from crm_shared.events.causes import Causes
 from crm_shared.messaging.topics import LIFECYCLE
 from crm_shared.store.outbox import Outbox, OutgoingMessage
+from crm_shared.tracecontext import TraceContext
 from lifecycle.domain.policy import Policy
 from lifecycle.domain.stages import CustomerState, Transition, replay
 from lifecycle.store import stages
@@ -54,7 +56,7 @@ class Lifecycle:
         now = await self._now(conn, max((e.time for e in events), default=None))
         if self.clock == "event-time":
             touched |= set(await stages.due(conn, now, limit=SWEEP_LIMIT))
-        await self.recompute(conn, touched, now)
+        await self.recompute(conn, touched, now, causes=Causes(events))
 
     async def sweep(self, conn: AsyncConnection, *, limit: int = SWEEP_LIMIT) -> int:
         """Move the customers whose silence is due by now; return how many were looked at."""
@@ -64,9 +66,18 @@ class Lifecycle:
         return len(due)
 
     async def recompute(
-        self, conn: AsyncConnection, ids: Iterable[str], now: datetime, *, publish: bool = True
+        self,
+        conn: AsyncConnection,
+        ids: Iterable[str],
+        now: datetime,
+        *,
+        publish: bool = True,
+        causes: Causes | None = None,
     ) -> Recomputed:
+        """Replay these customers; publish their new transitions, each in the trace of the
+        consumed event that caused it (`causes`), or else of the work in hand."""
         ids = set(ids)
+        causes = causes or Causes()
         if not ids:
             return Recomputed(0, 0)
         facts = await stages.facts_of(conn, ids, self.policy)
@@ -89,7 +100,8 @@ class Lifecycle:
                 )
                 rows.append(row)
                 if publish:  # a rebuild publishes nothing: building messages is wasted work
-                    messages.append(self._message(t, row))
+                    trace = causes.trace(customer_id, t.caused_by)
+                    messages.append(self._message(t, row, trace))
             if state is None:
                 gone.append(customer_id)
             else:
@@ -135,7 +147,9 @@ class Lifecycle:
             return await stages.advance_event_clock(conn, seen)
         return await stages.event_clock(conn) or datetime.min.replace(tzinfo=self.wall().tzinfo)
 
-    def _message(self, t: Transition, row: dict[str, Any]) -> OutgoingMessage:
+    def _message(
+        self, t: Transition, row: dict[str, Any], trace: TraceContext | None
+    ) -> OutgoingMessage:
         data = StageChanged(
             customer_id=t.customer_id,
             from_stage=t.from_stage,
@@ -153,6 +167,7 @@ class Lifecycle:
             time=t.occurred_at,
             id=row["event_id"],
             data=data.model_dump(mode="json"),
+            trace=trace,
         )
         return OutgoingMessage(topic=LIFECYCLE, key=t.customer_id, event=event)
 

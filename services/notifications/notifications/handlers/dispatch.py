@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from crm_shared import tracecontext
 from crm_shared.messaging.topics import OUTREACH
 from crm_shared.store.db import Database
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.channels.base import Channel, Message
 from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
 from notifications.domain.templates import Template, TemplateError, render
-from notifications.handlers.messages import outreach_event
+from notifications.handlers.messages import delivery_trace, outreach_event
 from notifications.store import outreach
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,11 @@ class Dispatcher:
         return {**delivery, "customer": customer}
 
     async def _send(self, delivery: dict[str, Any]) -> str:
+        # Sent in the trigger's trace: the channel's log lines carry it.
+        with tracecontext.use(delivery_trace(delivery) or tracecontext.current()):
+            return await self._send_in_trace(delivery)
+
+    async def _send_in_trace(self, delivery: dict[str, Any]) -> str:
         try:
             message = await self._message(delivery)
             result = await self.channels[delivery["channel"]].send(message)

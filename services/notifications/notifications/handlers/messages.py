@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from crm_shared import tracecontext
 from crm_shared.events import CloudEvent, new_event
+from crm_shared.tracecontext import TraceContext
 
 SOURCE = "crm/notifications"
 TYPES = {
@@ -41,4 +43,11 @@ def outreach_event(
         time=at or datetime.now(UTC),
         id=f"{delivery['id']}:{outcome}",
         data=data,
+        trace=delivery_trace(delivery),
     )
+
+
+def delivery_trace(delivery: dict[str, Any]) -> TraceContext | None:
+    """The trace of the event that triggered the message, kept with the delivery."""
+    trigger = (delivery.get("context") or {}).get("trigger") or {}
+    return tracecontext.parse(trigger.get("traceparent"))

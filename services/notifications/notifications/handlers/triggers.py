@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared import tracecontext
 from crm_shared.events import Event, EventData
 from crm_shared.events.catalog import (
     ConsentChanged,
@@ -21,6 +22,7 @@ from crm_shared.events.catalog import (
     ScoreChanged,
     StageChanged,
 )
+from crm_shared.events.causes import Causes
 from crm_shared.messaging.topics import OUTREACH
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
@@ -48,7 +50,7 @@ class Triggers:
         await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
         await self._cancel(conn, events, now)
         await log_triggers(conn, fired)
-        await self.schedule(conn, fired, views, now)
+        await self.schedule(conn, fired, views, now, causes=Causes(events))
 
     def _tick(self, moment: datetime) -> None:
         if self.event_clock is None or moment > self.event_clock:
@@ -60,12 +62,17 @@ class Triggers:
         fired: list[TriggerEvent],
         views: dict[str, dict[str, Any]],
         now: datetime,
+        *,
+        causes: Causes | None = None,
     ) -> None:
+        """Schedule what the triggers fire; each message remembers its trigger's trace."""
         if not fired:
             return
         rules = await outreach.active_rules(conn)
+        causes = causes or Causes()
+        traces = {t.event_id: _trace_of(t, causes) for t in fired}
         rows = [
-            _delivery(rule, trigger, views[trigger.customer_id], now)
+            _delivery(rule, trigger, views[trigger.customer_id], now, traces[trigger.event_id])
             for trigger in fired
             for rule in rules
             if fires(rule, trigger) and holds(rule.conditions, views[trigger.customer_id])
@@ -151,8 +158,13 @@ def _score(
     return fired
 
 
+def _trace_of(trigger: TriggerEvent, causes: Causes) -> str | None:
+    trace = causes.trace(trigger.customer_id, trigger.event_id) or tracecontext.current()
+    return trace.traceparent if trace is not None else None
+
+
 def _delivery(
-    rule: Rule, trigger: TriggerEvent, view: dict[str, Any], now: datetime
+    rule: Rule, trigger: TriggerEvent, view: dict[str, Any], now: datetime, trace: str | None
 ) -> dict[str, Any]:
     context = {
         "stage": view["stage"],
@@ -166,6 +178,7 @@ def _delivery(
             "value": trigger.value,
             "event_id": trigger.event_id,
             "time": trigger.time.isoformat(),
+            **({"traceparent": trace} if trace else {}),
         },
     }
     return {

@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events import Event, EventData, new_event
 from crm_shared.events.catalog import ContactMerged, ScoreChanged
+from crm_shared.events.causes import Causes
 from crm_shared.messaging.topics import SCORES
 from crm_shared.store.db import Database
 from crm_shared.store.outbox import Outbox, OutgoingMessage
+from crm_shared.tracecontext import TraceContext
 from scoring.domain.bgnbd import FitError
 from scoring.domain.clv import Horizon
 from scoring.domain.model import ScoringModel, fit, prior, score
@@ -66,12 +68,18 @@ class Scoring:
         latest = max((e.time for e in events), default=None)
         if latest is not None and (self.event_clock is None or latest > self.event_clock):
             self.event_clock = latest
-        await self.rescore(conn, touched)
+        await self.rescore(conn, touched, causes=Causes(events))
 
     async def rescore(
-        self, conn: AsyncConnection, ids: Iterable[str], *, publish: bool = True
+        self,
+        conn: AsyncConnection,
+        ids: Iterable[str],
+        *,
+        publish: bool = True,
+        causes: Causes | None = None,
     ) -> int:
-        """Score these customers with the active model; publish material changes."""
+        """Score these customers with the active model; publish material changes, each in
+        the trace of the customer's consumed event (`causes`), or else of the work in hand."""
         wanted = list(set(ids))
         if not wanted:
             return 0
@@ -80,10 +88,10 @@ class Scoring:
         current = await stats.load(conn, wanted)
         rows = [score(s, model, now, self.settings.risk_weights) for s in current.values()]
         await scores.save(conn, rows)
-        return await self._publish(conn, rows, now) if publish else 0
+        return await self._publish(conn, rows, now, causes or Causes()) if publish else 0
 
     async def _publish(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]], now: datetime
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], now: datetime, causes: Causes
     ) -> int:
         before = await scores.published(conn, [r["customer_id"] for r in rows])
         changed, messages = [], []
@@ -92,7 +100,8 @@ class Scoring:
             reasons = material(previous, row, self.settings)
             if reasons:
                 changed.append(row)
-                messages.append(_message(row, reasons, previous))
+                trace = causes.trace(row["customer_id"])
+                messages.append(_message(row, reasons, previous, trace))
         await scores.mark_published(conn, changed, now)
         await self.outbox.add(conn, messages, now)
         return len(changed)
@@ -168,7 +177,10 @@ def _merge(known: dict[str, CustomerStats], event: ContactMerged) -> None:
 
 
 def _message(
-    row: dict[str, Any], reasons: list[str], previous: dict[str, Any] | None
+    row: dict[str, Any],
+    reasons: list[str],
+    previous: dict[str, Any] | None,
+    trace: TraceContext | None,
 ) -> OutgoingMessage:
     data = ScoreChanged(
         customer_id=row["customer_id"],
@@ -188,5 +200,6 @@ def _message(
         subject=row["customer_id"],
         time=row["computed_at"] or datetime.now(UTC),
         data=data.model_dump(mode="json"),
+        trace=trace,
     )
     return OutgoingMessage(topic=SCORES, key=row["customer_id"], event=event)
