@@ -315,3 +315,44 @@ async def test_a_consent_change_sent_as_an_event_changes_the_record(
     never = {**opt_out, "id": "unsub-2", "data": {**opt_out["data"], "channel": "sms"}}
     refused = await client.post("/v1/events", json=never)
     assert refused.status_code == 422 and "only be revoked once granted" in refused.json()["detail"]
+
+
+async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_them(
+    client: httpx.AsyncClient,
+) -> None:
+    grace = await create(client, {"first_name": "Grace", "emails": ["grace@example.com"]})
+    twin = await create(client, {"first_name": "Amazing", "emails": ["amazing@example.com"]})
+    sent = await client.post(
+        "/v1/contacts",
+        json={"first_name": "Grace", "phones": ["+442079460111"]},
+        headers={"Idempotency-Key": "grace-1"},
+    )
+    assert sent.status_code == 201
+    await client.post("/v1/events", json=purchase_json("email:amazing@example.com", day=1))
+    await client.post(f"/v1/contacts/{grace['id']}/merge", json={"others": [twin["id"]]})
+
+    refused = await client.post(f"/v1/contacts/{twin['id']}/erase")
+    assert refused.status_code == 409 and grace["id"] in refused.json()["detail"]
+    erased = await client.post(f"/v1/contacts/{grace['id']}/erase")
+    assert erased.status_code == 200, erased.text
+    assert sorted(erased.json()["erased_ids"]) == sorted([grace["id"], twin["id"]])
+    for contact in (grace, twin):
+        assert (await client.get(f"/v1/contacts/{contact['id']}")).status_code == 410
+    history = (await client.get(f"/v1/contacts/{twin['id']}/history")).text
+    timeline = (await client.get(f"/v1/contacts/{grace['id']}/timeline")).json()
+    assert "amazing@example.com" not in history and "Amazing" not in history
+    assert [i["event"]["type"] for i in timeline["items"]] == ["crm.purchase.completed.v1"]
+    assert "amazing@example.com" not in str(timeline)
+
+    patched = await client.patch(
+        f"/v1/contacts/{grace['id']}",
+        json={"city": "York"},
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert patched.status_code == 410
+    again = await client.post("/v1/events", json=purchase_json(grace["id"], day=3))
+    assert again.status_code == 422 and "erased" in again.json()["detail"]
+    by_email = await client.get("/v1/contacts", params={"ref": "email:grace@example.com"})
+    assert by_email.json()["items"] == []
+    # The other Grace (found by phone, created with an idempotency key) is untouched.
+    assert (await client.get(f"/v1/contacts/{sent.json()['id']}")).status_code == 200

@@ -133,3 +133,25 @@ def test_the_next_due_time_is_when_silence_would_move_the_customer() -> None:
 def test_a_policy_whose_churn_comes_before_dormancy_is_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Policy.model_validate(bad)
+
+
+def test_an_erased_customer_is_churned_for_reason_erased_and_nothing_moves_them_after() -> None:
+    facts = [*buys(0, 10), fact("erased", 20, "erase-1"), *buys(30)]
+    state, transitions = replay(facts, POLICY, at(1000))
+    assert moves(transitions)[-1] == ("active", "churned", "erased", at(20))
+    assert transitions[-1].caused_by == "erase-1"
+    assert state is not None and state.stage == "churned" and state.next_due is None
+    assert state.purchases == 2  # the non-personal history up to the erasure stays
+
+
+def test_erasing_a_churned_customer_adds_no_transition_and_stops_win_backs() -> None:
+    facts = [*buys(0), fact("erased", 400), *buys(401)]
+    state, transitions = replay(facts, POLICY, at(500))
+    reasons = ["identified", "first_purchase", "inactivity", "inactivity"]
+    assert [t.reason for t in transitions] == reasons
+    assert state is not None and state.stage == "churned"
+
+
+def test_erasing_a_customer_lifecycle_never_saw_records_nothing() -> None:
+    state, transitions = replay([fact("erased", 5)], POLICY, at(10))
+    assert state is None and transitions == []

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from contacts.api import errors
+from contacts.api.admin import router as admin_router
 from contacts.api.contacts import router as contacts_router
 from contacts.api.events import router as events_router
 from contacts.api.imports import router as imports_router
@@ -17,6 +18,7 @@ from contacts.handlers.ingest import Ingestor
 from contacts.handlers.records import ContactService
 from contacts.settings import ContactsSettings
 from contacts.store.tables import core
+from contacts.store.vault import Vault
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND, OUTREACH
@@ -32,9 +34,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def with_vault(runtime: Runtime) -> Vault:
+    """Personal data is sealed in every event contacts stores, and opened when published."""
+    vault = Vault(runtime.db, utcnow)
+    runtime.events.codec = vault
+    runtime.outbox.codec = vault
+    runtime.prepare_outgoing = vault.open_messages
+    return vault
+
+
 def create_app(settings: ContactsSettings | None = None) -> FastAPI:
     settings = settings or ContactsSettings()
     runtime = Runtime(settings, tables=core, migrations=MIGRATIONS, topics=[CUSTOMER_EVENTS])
+    vault = with_vault(runtime)
     contacts = ContactService(
         runtime.db,
         runtime.events,
@@ -42,6 +54,7 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         runtime.registry,
         utcnow,
         wake=runtime.wake_relay,
+        vault=vault,
     )
     ingestor = Ingestor(
         runtime.db,
@@ -59,8 +72,15 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         runtime,
         title="CRM contacts",
         description=DESCRIPTION,
-        routers=[contacts_router, events_router, timeline_router, schemas_router, imports_router],
-        state={"ingestor": ingestor, "contacts": contacts},
+        routers=[
+            contacts_router,
+            events_router,
+            timeline_router,
+            schemas_router,
+            imports_router,
+            admin_router,
+        ],
+        state={"ingestor": ingestor, "contacts": contacts, "vault": vault},
         # The routes taking batches and files enforce their own (bigger) caps.
         body_limits={
             "/v1/events": settings.ingest_max_bytes,

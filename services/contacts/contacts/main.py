@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from contacts.bootstrap import MIGRATIONS, create_app, utcnow
+from contacts.bootstrap import MIGRATIONS, create_app, utcnow, with_vault
 from contacts.handlers.imports import CHUNK_ROWS, Importer, ImportFileError, ImportSummary
 from contacts.handlers.records import ContactService
 from contacts.settings import ContactsSettings
@@ -73,7 +73,12 @@ async def _run_import(
     try:
         await runtime.migrate()
         contacts = ContactService(
-            runtime.db, runtime.events, runtime.outbox, runtime.registry, utcnow
+            runtime.db,
+            runtime.events,
+            runtime.outbox,
+            runtime.registry,
+            utcnow,
+            vault=with_vault(runtime),
         )
         return await Importer(contacts, chunk_rows=chunk).run(
             lambda: path.open(encoding="utf-8-sig", newline=""),

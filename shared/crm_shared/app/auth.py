@@ -345,8 +345,7 @@ def check_every_route_is_guarded(app: FastAPI) -> None:
     open_routes = [
         f"{','.join(sorted(route.methods or ()))} {route.path}"
         for route in api_routes(app)
-        if route.path not in UNGUARDED_PATHS
-        and route_access(route) == ([], None)
+        if route.path not in UNGUARDED_PATHS and route_access(route) == ([], None)
     ]
     if open_routes:
         raise RuntimeError(f"routes without an access rule: {', '.join(open_routes)}")

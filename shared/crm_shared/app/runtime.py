@@ -26,7 +26,7 @@ from crm_shared.events.catalog import CATALOG
 from crm_shared.events.registry import EventRegistry
 from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters, Handler
 from crm_shared.messaging.kafka import make_consumer, make_producer
-from crm_shared.messaging.relay import OutboxRelay
+from crm_shared.messaging.relay import OutboxRelay, Prepare
 from crm_shared.messaging.topics import HEARTBEAT, ensure_topics, with_dlq
 from crm_shared.store.db import Database, ensure_sqlite_directory
 from crm_shared.store.eventstore import EventStore
@@ -70,6 +70,8 @@ class Runtime:
         self._periodic: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
+        # Set by a service that must rewrite outbox messages before they go out.
+        self.prepare_outgoing: Prepare | None = None
         self.consumers: list[BatchConsumer] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._kafka_ready = asyncio.Event()
@@ -133,6 +135,7 @@ class Runtime:
             poll_interval=self.settings.relay_poll_interval_ms / 1000,
             topic_prefix=self.settings.topic_prefix,
             on_reset=self._recreate_topics,
+            prepare=self.prepare_outgoing,
         )
         self.relay = relay
         self._spawn("relay", relay.run)

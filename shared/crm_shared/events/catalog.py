@@ -218,6 +218,17 @@ class ContactUnmerged(EventData):
     actor: str | None = None
 
 
+@CATALOG.register("crm.contact.erased.v1")
+class ContactErased(EventData):
+    """The contact's personal data was erased (crypto-shredded) at their request: the keys
+    of `erased_ids` (the contact and every contact merged into it) are destroyed. Services
+    drop the personal data they hold about these ids; non-personal history stays."""
+
+    contact_id: str
+    erased_ids: list[str]
+    actor: str | None = None
+
+
 @CATALOG.register("crm.lifecycle.stage_changed.v1")
 class StageChanged(EventData):
     """The customer moved from one lifecycle stage to another."""

@@ -29,6 +29,8 @@ from crm_shared.store.outbox import Outbox, PendingMessage
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+# Rewrites messages just before they are sent (contacts opens sealed personal data).
+Prepare = Callable[[list[PendingMessage]], Awaitable[list[PendingMessage]]]
 
 
 async def _nothing() -> None:
@@ -53,6 +55,7 @@ class OutboxRelay:
         clock: Clock = utcnow,
         topic_prefix: str = "",
         on_reset: Callable[[], Awaitable[None]] = _nothing,
+        prepare: Prepare | None = None,
     ) -> None:
         self._db, self._outbox, self._producer, self._metrics = db, outbox, producer, metrics
         self._batch_size = batch_size
@@ -61,6 +64,7 @@ class OutboxRelay:
         self._clock = clock
         self._prefix = topic_prefix
         self._on_reset = on_reset
+        self._prepare = prepare
         self._offsets: dict[tuple[str, int], int] = {}
         self._reset = False
         self._wake = asyncio.Event()
@@ -114,7 +118,8 @@ class OutboxRelay:
     async def _publish(self, pending: list[PendingMessage], conn: AsyncConnection | None) -> int:
         if not pending:
             return 0
-        sent = await self._send_all(pending)
+        outgoing = pending if self._prepare is None else await self._prepare(pending)
+        sent = await self._send_all(outgoing)
         ok = [m.id for m, error in zip(pending, sent, strict=True) if error is None]
         if conn is not None:
             await self._outbox.mark_published(conn, ok, self._clock())

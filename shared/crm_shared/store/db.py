@@ -103,6 +103,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             "synchronous=NORMAL",
             "busy_timeout=30000",
             "foreign_keys=ON",
+            # Deleted rows are overwritten, not left in free pages: an erased contact's
+            # destroyed key must not be recoverable from the file.
+            "secure_delete=ON",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +29,19 @@ class ConcurrencyError(Exception):
         self.actual = actual
 
 
+class EventCodec(Protocol):
+    """Turns events into what is stored and back (contacts seals personal data with it);
+    both run inside the caller's transaction."""
+
+    async def seal(
+        self, conn: AsyncConnection, events: Sequence[CloudEvent]
+    ) -> list[CloudEvent]: ...
+
+    async def open(
+        self, conn: AsyncConnection, events: Sequence[CloudEvent]
+    ) -> list[CloudEvent]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     """An event as stored: where it stands in its stream and in the global order."""
@@ -42,8 +56,9 @@ class RecordedEvent:
 class EventStore:
     """Reads and appends events in one service's `events` table."""
 
-    def __init__(self, tables: CoreTables) -> None:
+    def __init__(self, tables: CoreTables, codec: EventCodec | None = None) -> None:
         self._t = tables.events
+        self.codec = codec
 
     async def version(self, conn: AsyncConnection, stream_id: str) -> int:
         """The stream's current version (0 for a stream that does not exist)."""
@@ -67,6 +82,8 @@ class EventStore:
             raise ConcurrencyError(stream_id, expected_version, current)
         if not events:
             return current
+        if self.codec is not None:
+            events = await self.codec.seal(conn, events)
         rows = [self._row(stream_id, current + i, e, now) for i, e in enumerate(events, 1)]
         await self._insert(conn, rows, stream_id=stream_id, expected=expected_version)
         return current + len(events)
@@ -84,6 +101,11 @@ class EventStore:
             .group_by(self._t.c.stream_id)
         )
         ends: dict[str, int] = {row[0]: row[1] for row in await conn.execute(query)}
+        if self.codec is not None:
+            sealed = await self.codec.seal(conn, [event for _, event in batch])
+            batch = [
+                (stream_id, event) for (stream_id, _), event in zip(batch, sealed, strict=True)
+            ]
         rows, versions = [], []
         for stream_id, event in batch:
             ends[stream_id] = ends.get(stream_id, 0) + 1
@@ -116,7 +138,7 @@ class EventStore:
             .where(self._t.c.stream_id == stream_id, self._t.c.version >= from_version)
             .order_by(self._t.c.version)
         )
-        return [_recorded(row) for row in await conn.execute(query)]
+        return await self._opened(conn, [_recorded(row) for row in await conn.execute(query)])
 
     async def read_all(
         self, conn: AsyncConnection, *, after: int = 0, limit: int = 1000
@@ -128,7 +150,15 @@ class EventStore:
             .order_by(self._t.c.position)
             .limit(limit)
         )
-        return [_recorded(row) for row in await conn.execute(query)]
+        return await self._opened(conn, [_recorded(row) for row in await conn.execute(query)])
+
+    async def _opened(
+        self, conn: AsyncConnection, recorded: list[RecordedEvent]
+    ) -> list[RecordedEvent]:
+        if self.codec is None or not recorded:
+            return recorded
+        opened = await self.codec.open(conn, [r.envelope for r in recorded])
+        return [replace(r, envelope=e) for r, e in zip(recorded, opened, strict=True)]
 
     async def known_ids(self, conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
         """Which of these event ids are stored already."""

@@ -7,13 +7,14 @@ be published again from any position (for instance after the broker lost its dat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.eventstore import EventCodec
 from crm_shared.store.tables import CoreTables
 
 
@@ -39,14 +40,21 @@ class PendingMessage:
 
 
 class Outbox:
-    def __init__(self, tables: CoreTables) -> None:
+    def __init__(self, tables: CoreTables, codec: EventCodec | None = None) -> None:
         self._t = tables.outbox
+        self.codec = codec
 
     async def add(
         self, conn: AsyncConnection, messages: Sequence[OutgoingMessage], now: datetime
     ) -> None:
-        if messages:
-            await conn.execute(insert(self._t), [_row(m, now) for m in messages])
+        """Write messages in the caller's transaction (their events sealed by the codec,
+        if there is one: the relay opens them again just before publishing)."""
+        if not messages:
+            return
+        if self.codec is not None:
+            sealed = await self.codec.seal(conn, [m.event for m in messages])
+            messages = [replace(m, event=e) for m, e in zip(messages, sealed, strict=True)]
+        await conn.execute(insert(self._t), [_row(m, now) for m in messages])
 
     async def pending(self, conn: AsyncConnection, *, limit: int) -> list[PendingMessage]:
         query = (

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic import Field as PydField
 
 from contacts.api.schemas import (
     ConsentChange,
@@ -191,6 +193,8 @@ async def get_contact(
     except NotFound:
         detail = f"contact {contact_id!r} did not exist then" if as_of else None
         raise Problem(404, detail or f"no contact {contact_id!r}") from None
+    if state.status == "erased" and as_of is None:
+        raise Problem(410, f"contact {contact_id!r} was erased", title="Erased")
     return _view(response, ContactView.of(state))
 
 
@@ -324,3 +328,24 @@ async def unmerge_contact(
     """Undo the merge of one contact into this one; it becomes a customer of its own again."""
     state = await service.unmerge(contact_id, body.contact_id, actor=actor)
     return _view(response, ContactView.of(state))
+
+
+class ErasureView(BaseModel):
+    contact_id: str
+    erased_ids: list[str] = PydField(description="the contact and every contact merged into it")
+    erased_at: datetime
+
+
+@router.post(
+    "/{contact_id}/erase",
+    dependencies=[requires("contacts:erase")],
+    response_model=ErasureView,
+    responses={**NOT_FOUND, 409: {"description": "the contact was merged into another"}},
+)
+async def erase_contact(contact_id: str, service: ServiceDep, actor: Actor = None) -> ErasureView:
+    """Erase the contact's personal data for good (right to erasure): its key is destroyed,
+    so its personal data is unreadable in every stored event, replay and re-publish; its
+    non-personal history (purchases, stages, scores) stays. Published as
+    `crm.contact.erased.v1`, on which the other services drop what they hold. Repeatable."""
+    erasure = await service.erase(contact_id, actor=actor)
+    return ErasureView(**vars(erasure))

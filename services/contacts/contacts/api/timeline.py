@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from contacts.store import records
@@ -38,6 +38,7 @@ class TimelinePage(BaseModel):
 async def get_timeline(
     contact_id: str,
     runtime: RuntimeDep,
+    request: Request,
     type: Annotated[
         list[str],
         Query(description="event types; a trailing * matches a prefix, e.g. crm.purchase.*"),
@@ -57,7 +58,7 @@ async def get_timeline(
         if await records.survivor_of(conn, contact_id) is None:
             raise Problem(404, f"no contact {contact_id!r}")
         try:
-            items, next_cursor = await timeline(conn, contact_id, query)
+            items, next_cursor = await timeline(conn, contact_id, query, request.app.state.vault)
         except ValueError as exc:
             raise Problem(422, str(exc), field="cursor") from None
     return TimelinePage(

@@ -16,6 +16,7 @@ from contacts.domain.profile import PROFILE_FIELDS, ProfileError, parse_profile
 from crm_shared.events.catalog import (
     ConsentChanged,
     ContactCreated,
+    ContactErased,
     ContactIdentified,
     ContactMerged,
     ContactUnmerged,
@@ -23,7 +24,7 @@ from crm_shared.events.catalog import (
 )
 from crm_shared.events.registry import EventData
 
-Status = Literal["active", "merged"]
+Status = Literal["active", "merged", "erased"]
 CHANNELS = ("email", "sms", "push", "phone")
 LIST_FIELDS = ("emails", "phones", "tags")
 
@@ -83,6 +84,9 @@ def fold(state: Contact | None, data: EventData, at: datetime, contact_id: str) 
         return _fold_merge(state, data)
     if isinstance(data, ContactUnmerged):
         return _fold_unmerge(state, data)
+    if isinstance(data, ContactErased):
+        # Nothing personal survives; merged_into stays so the survivor's history holds.
+        return replace(state, status="erased", profile={}, external_ids=(), consent={})
     return state
 
 
@@ -271,7 +275,20 @@ def _new_external_ids(state: Contact, external: Any) -> list[str]:
     return [x for x in dict.fromkeys(ids) if x not in state.external_ids]
 
 
+def erase(state: Contact, absorbed: list[str], *, actor: str | None) -> ContactErased:
+    """Erase the contact and every contact merged into it (they are the same person)."""
+    if state.status == "merged":
+        raise DomainError(
+            f"contact {state.id} was merged into {state.merged_into}; erase that contact",
+            field="contact_id",
+        )
+    _require_active(state)
+    return ContactErased(contact_id=state.id, erased_ids=absorbed, actor=actor)
+
+
 def _require_active(state: Contact) -> None:
+    if state.status == "erased":
+        raise DomainError(f"contact {state.id} has been erased", status=410, field="contact_id")
     if state.status == "merged":
         raise DomainError(
             f"contact {state.id} was merged into {state.merged_into}", field="contact_id"

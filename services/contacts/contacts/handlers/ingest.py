@@ -127,6 +127,7 @@ class Ingestor:
             except ValueError as exc:
                 outcomes.append(Outcome(event.id, "rejected", f"subject: {exc}", "subject"))
         owners = await self._owners(conn, {ident for _, _, ident in fresh})
+        erased = await self._contacts.vault.erased(conn, set(owners.values()))
         accepted = []
         for index, event, ident in fresh:
             owner = owners.get(ident)
@@ -134,6 +135,9 @@ class Ingestor:
                 outcomes[index] = Outcome(
                     event.id, "rejected", _unknown_reason(event.subject), "subject"
                 )
+            elif owner in erased:
+                reason = "subject: this contact was erased; nothing more is recorded about it"
+                outcomes[index] = Outcome(event.id, "rejected", reason, "subject")
             elif isinstance(event.data, ConsentChanged):
                 outcomes[index] = await self._consent(conn, event, owner)
                 if outcomes[index].status == "accepted":

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contacts.domain import contact as domain
 from contacts.domain.contact import Contact, DomainError
 from contacts.store import records
+from contacts.store.records import Erasure
+from contacts.store.vault import Vault
 from crm_shared.events import CloudEvent, EventData, EventRegistry, new_event, type_name_of
 from crm_shared.events.catalog import ContactMerged
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
@@ -66,8 +68,10 @@ class ContactService:
         *,
         new_id: Callable[[], str] | None = None,
         wake: Callable[[], None] = lambda: None,
+        vault: Vault,
     ) -> None:
         self.db, self.store, self.outbox, self.registry = db, store, outbox, registry
+        self.vault = vault
         self.clock = clock
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
         self.wake = wake
@@ -211,6 +215,26 @@ class ContactService:
             )
         self.wake()
         return result[survivor_id]
+
+    async def erase(self, contact_id: str, *, actor: str | None) -> Erasure:
+        """Crypto-shred the contact and the contacts merged into it: publish the erasure,
+        destroy their keys, empty their read-model rows. Repeating it changes nothing."""
+        async with self.db.transaction() as conn:
+            state = await self._current(conn, contact_id, None)
+            if state.status == "erased":
+                erased = await records.erasure_of(conn, contact_id)
+                if erased is not None:
+                    return erased
+            ids = await records.absorbed(conn, contact_id)
+            event = domain.erase(state, ids, actor=actor)
+            known = {i: await self._current(conn, i, None) for i in ids}
+            await self.apply(conn, [Change(i, event) for i in ids], known, key=contact_id)
+            await self.vault.destroy(conn, ids, erased_with=contact_id)
+            await records.forget(conn, ids)
+            erased = await records.erasure_of(conn, contact_id)
+        self.wake()
+        assert erased is not None
+        return erased
 
     async def apply(
         self,

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Text, cast, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.domain.contact import Contact, fold
-from contacts.store.tables import contact_attributes, contact_tags, contacts, identifiers
+from contacts.store.tables import (
+    contact_attributes,
+    contact_tags,
+    contacts,
+    erasures,
+    idempotency_keys,
+    identifiers,
+)
 from crm_shared.events import EventData, EventRegistry
 from crm_shared.store.eventstore import EventStore, RecordedEvent
 from crm_shared.store.sql import upsert
@@ -115,6 +123,36 @@ async def absorbed(conn: AsyncConnection, contact_id: str) -> list[str]:
         frontier = [i for i in (await conn.execute(query)).scalars() if i not in found]
         found += frontier
     return found
+
+
+@dataclass(frozen=True)
+class Erasure:
+    contact_id: str
+    erased_ids: list[str]
+    erased_at: datetime
+
+
+async def erasure_of(conn: AsyncConnection, contact_id: str) -> Erasure | None:
+    """When the contact was erased, with the contacts erased along with it."""
+    query = select(erasures.c.contact_id, erasures.c.erased_at).where(
+        erasures.c.erased_with == contact_id
+    )
+    rows = list(await conn.execute(query.order_by(erasures.c.contact_id)))
+    if not rows:
+        return None
+    ids = sorted((r.contact_id for r in rows), key=lambda i: (i != contact_id, i))
+    return Erasure(contact_id, ids, rows[0].erased_at)
+
+
+async def forget(conn: AsyncConnection, ids: Sequence[str]) -> None:
+    """Drop what the read model kept beside the contact rows: stored answers to idempotent
+    requests that name these contacts (they hold the request's personal data)."""
+    for contact_id in ids:
+        await conn.execute(
+            delete(idempotency_keys).where(
+                cast(idempotency_keys.c.body, Text).contains(contact_id, autoescape=True)
+            )
+        )
 
 
 def attribute_text(value: Any) -> str:

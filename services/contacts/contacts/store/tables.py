@@ -7,7 +7,7 @@ The tables below are projections of the record streams, kept in the same transac
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Column, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 from crm_shared.store.tables import CoreTables, UtcDateTime
 
@@ -78,4 +78,21 @@ idempotency_keys = Table(
     Column("body", JSON, nullable=False),
     Column("headers", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# Crypto-shredding: one data key per contact; erasing a contact deletes its key row.
+contact_keys = Table(
+    "contact_keys",
+    metadata,
+    Column("contact_id", String(200), primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("contact_id", String(200), primary_key=True),
+    Column("erased_with", String(200), nullable=False),
+    Column("erased_at", UtcDateTime(), nullable=False),
 )

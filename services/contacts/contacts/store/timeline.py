@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.store.records import absorbed, timeline_stream
 from contacts.store.tables import core
+from contacts.store.vault import Vault
 from crm_shared.store import cursor
 
 events = core.events
@@ -26,9 +27,10 @@ class TimelineQuery:
 
 
 async def timeline(
-    conn: AsyncConnection, contact_id: str, q: TimelineQuery
+    conn: AsyncConnection, contact_id: str, q: TimelineQuery, vault: Vault
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of events in event-time order (then arrival), and the next page's cursor."""
+    """A page of events in event-time order (then arrival), and the next page's cursor;
+    personal data opened with the contact's key (gone, for an erased contact)."""
     streams = [timeline_stream(i) for i in await absorbed(conn, contact_id)]
     query = select(events.c.position, events.c.time, events.c.recorded_at, events.c.envelope).where(
         events.c.stream_id.in_(streams)
@@ -53,8 +55,11 @@ async def timeline(
         )
     query = query.order_by(events.c.time, events.c.position).limit(q.limit + 1)
     rows = list(await conn.execute(query))
+    shown = rows[: q.limit]
+    opened = await vault.open_documents(conn, [r.envelope for r in shown])
     page = [
-        {"time": r.time, "recorded_at": r.recorded_at, "event": r.envelope} for r in rows[: q.limit]
+        {"time": r.time, "recorded_at": r.recorded_at, "event": event}
+        for r, event in zip(shown, opened, strict=True)
     ]
     if len(rows) <= q.limit:
         return page, None

@@ -17,7 +17,9 @@ from typing import Literal
 from lifecycle.domain.policy import Policy
 
 Stage = Literal["prospect", "new", "active", "dormant", "churned"]
-Kind = Literal["seen", "purchase", "churn"]
+Kind = Literal["seen", "purchase", "churn", "erased"]
+# Contacts erased the customer's personal data: the history up to then stays, nothing after.
+ERASED_TYPE = "crm.contact.erased.v1"
 STAGES: tuple[Stage, ...] = ("prospect", "new", "active", "dormant", "churned")
 
 
@@ -54,9 +56,12 @@ class CustomerState:
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
     next_due: datetime | None = None
+    erased: bool = False
 
 
 def kind_of(event_type: str, policy: Policy) -> Kind:
+    if event_type == ERASED_TYPE:
+        return "erased"
     if event_type in policy.purchase_types:
         return "purchase"
     if event_type in policy.churn_types:
@@ -72,6 +77,10 @@ def replay(
     state: CustomerState | None = None
     transitions: list[Transition] = []
     for fact in ordered:
+        if state is not None and state.erased:
+            break  # an erased customer's story ends there
+        if fact.kind == "erased" and state is None:
+            continue  # nothing was known: nothing to close
         state = _age(state, fact.time, policy, transitions)
         state = _apply(state, fact, policy, transitions)
     state = _age(state, now, policy, transitions)
@@ -88,6 +97,10 @@ def _apply(
         )
     if fact.kind == "purchase":
         return _purchase(state, fact, policy, out)
+    if fact.kind == "erased":
+        if state.stage != "churned":
+            state = _move(state, "churned", "erased", fact.event_id, fact.time, out)
+        return replace(state, erased=True)
     if fact.kind == "churn" and state.stage not in ("prospect", "churned"):
         return _move(state, "churned", "cancelled", fact.event_id, fact.time, out)
     return state
@@ -128,7 +141,7 @@ def _age(
 
 
 def _due(state: CustomerState, policy: Policy) -> datetime | None:
-    if state.last_purchase_at is None or state.stage in ("prospect", "churned"):
+    if state.last_purchase_at is None or state.erased or state.stage in ("prospect", "churned"):
         return None
     gap = mean_gap_days(state)
     if state.stage == "dormant":

@@ -16,6 +16,7 @@ from crm_shared.events import Event, EventData
 from crm_shared.events.catalog import (
     ConsentChanged,
     ContactCreated,
+    ContactErased,
     ContactMerged,
     ContactUpdated,
     FeedbackSubmitted,
@@ -48,6 +49,8 @@ class Triggers:
             fired += _observe(view, event)
             self._tick(event.time)
         await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
+        erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
+        await outreach.forget_customers(conn, erased, now)
         await self._cancel(conn, events, now)
         await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now, causes=Causes(events))
@@ -75,7 +78,9 @@ class Triggers:
             _delivery(rule, trigger, views[trigger.customer_id], now, traces[trigger.event_id])
             for trigger in fired
             for rule in rules
-            if fires(rule, trigger) and holds(rule.conditions, views[trigger.customer_id])
+            if views[trigger.customer_id].get("erased_at") is None
+            and fires(rule, trigger)
+            and holds(rule.conditions, views[trigger.customer_id])
         ]
         await outreach.add_deliveries(conn, rows)
 
@@ -118,6 +123,9 @@ def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent
         return []
     if isinstance(data, ContactMerged):
         return []  # the survivor's own events carry on; the merged contacts stop here
+    if isinstance(data, ContactErased):
+        view["erased_at"] = at  # nothing more is scheduled; the rest is dropped after saving
+        return []
     if isinstance(data, StageChanged):
         view["stage"] = data.to_stage
         if data.correction:

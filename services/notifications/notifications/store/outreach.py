@@ -30,6 +30,7 @@ CUSTOMER_DEFAULTS: dict[str, Any] = {
     "churn_risk": None,
     "clv": None,
     "merged_into": None,
+    "erased_at": None,
 }
 
 
@@ -48,6 +49,34 @@ def blank_customer(customer_id: str, now: datetime) -> dict[str, Any]:
 
 async def save_customers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     await upsert(conn, customers, list(rows), key=["customer_id"])
+
+
+PERSONAL: tuple[str, ...] = ("email", "phone", "first_name", "time_zone", "locale", "birthday")
+PERSONAL += ("tags", "attributes", "consent")
+ERASED_REASON = "the contact was erased"
+
+
+async def forget_customers(conn: AsyncConnection, ids: Sequence[str], now: datetime) -> int:
+    """Drop what is kept of erased contacts: their personal fields (and consent: nothing is
+    sent to them again), the variables rendered into their messages and send errors, which
+    can name an address; messages still waiting are suppressed. Returns how many were."""
+    if not ids:
+        return 0
+    blank = {name: CUSTOMER_DEFAULTS[name] for name in PERSONAL}
+    await conn.execute(
+        update(customers)
+        .where(customers.c.customer_id.in_(ids))
+        .values(**blank, updated_at=now, erased_at=now)
+    )
+    waiting = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.customer_id.in_(ids), deliveries.c.status.in_(("scheduled", "held")))
+        .values(status="suppressed", reason=ERASED_REASON, updated_at=now)
+    )
+    await conn.execute(
+        update(deliveries).where(deliveries.c.customer_id.in_(ids)).values(context={}, error=None)
+    )
+    return int(waiting.rowcount)
 
 
 async def active_rules(conn: AsyncConnection) -> list[Rule]:

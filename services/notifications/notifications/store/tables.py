@@ -30,6 +30,7 @@ customers = Table(
     Column("clv", Float, nullable=True),
     Column("merged_into", String(200), nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
+    Column("erased_at", UtcDateTime(), nullable=True),
 )
 
 rules = Table(

@@ -1,0 +1,146 @@
+"""The contacts' data keys: personal data in every event contacts stores (event store and
+outbox) is sealed with the key of the event's subject; erasing a contact destroys its key.
+
+The vault is the codec of contacts' event store and outbox, so nothing personal reaches
+the database in clear, and the relay's `prepare` hook opens messages just before they are
+published. Keys are not cached across transactions: once a key row is deleted, no replica
+can open that contact's data again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contacts.store.tables import contact_keys, erasures
+from crm_shared import privacy
+from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.db import Database
+from crm_shared.store.outbox import PendingMessage
+
+
+class ErasedContact(Exception):
+    """Personal data of an erased contact cannot be recorded again."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(f"contact {contact_id!r} has been erased")
+        self.contact_id = contact_id
+
+
+class Vault:
+    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def keys(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
+        """The keys that still exist among these contact ids."""
+        wanted = list(set(ids))
+        if not wanted:
+            return {}
+        query = select(contact_keys.c.contact_id, contact_keys.c.key).where(
+            contact_keys.c.contact_id.in_(wanted)
+        )
+        return {row.contact_id: bytes(row.key) for row in await conn.execute(query)}
+
+    async def keys_creating(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
+        """The keys of these contacts, made for those that have none; refused for an
+        erased contact (its data must not come back under a new key)."""
+        wanted = set(ids)
+        found = await self.keys(conn, wanted)
+        missing = wanted - set(found)
+        if not missing:
+            return found
+        erased = await self.erased(conn, missing)
+        if erased:
+            raise ErasedContact(sorted(erased)[0])
+        rows = [
+            {"contact_id": i, "key": privacy.new_key(), "created_at": self._clock()}
+            for i in sorted(missing)
+        ]
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        # A concurrent writer may make the same contact's key: keep whichever came first.
+        await conn.execute(dialect.insert(contact_keys).on_conflict_do_nothing(), rows)
+        return {**found, **await self.keys(conn, missing)}
+
+    async def erased(self, conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
+        wanted = list(set(ids))
+        if not wanted:
+            return set()
+        query = select(erasures.c.contact_id).where(erasures.c.contact_id.in_(wanted))
+        return set((await conn.execute(query)).scalars())
+
+    async def destroy(self, conn: AsyncConnection, ids: Sequence[str], *, erased_with: str) -> None:
+        """Delete the keys of these contacts and remember that they were erased."""
+        await conn.execute(delete(contact_keys).where(contact_keys.c.contact_id.in_(ids)))
+        already = await self.erased(conn, ids)
+        rows = [
+            {"contact_id": i, "erased_with": erased_with, "erased_at": self._clock()}
+            for i in ids
+            if i not in already
+        ]
+        if rows:
+            await conn.execute(insert(erasures), rows)
+
+    # --- the event codec ---
+
+    async def seal(self, conn: AsyncConnection, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        """Each event with its personal data sealed with its subject's key."""
+        subjects = {e.subject for e in events if e.subject and _has_personal(e)}
+        keys = await self.keys_creating(conn, subjects)
+        return [
+            CloudEvent.model_validate(privacy.seal_event(e.to_dict(), keys[e.subject], e.subject))
+            if e.subject in keys and _has_personal(e)
+            else e
+            for e in events
+        ]
+
+    async def open(self, conn: AsyncConnection, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        """Each event with its sealed values opened (emptied where the key is gone)."""
+        documents = [e.to_dict() for e in events]
+        needed = privacy.all_key_ids(documents)
+        if not needed:
+            return list(events)
+        keys = await self.keys(conn, needed)
+        return [
+            CloudEvent.model_validate(privacy.open_all(d, keys)) if privacy.key_ids(d) else e
+            for e, d in zip(events, documents, strict=True)
+        ]
+
+    async def open_documents(
+        self, conn: AsyncConnection, documents: Sequence[dict[str, object]]
+    ) -> list[object]:
+        """Stored envelopes (as read from the events table) with sealed values opened."""
+        keys = await self.keys(conn, privacy.all_key_ids(documents))
+        return [privacy.open_all(d, keys) for d in documents]
+
+    async def open_messages(self, pending: list[PendingMessage]) -> list[PendingMessage]:
+        """The relay's hook: outbox messages as they are published (personal data in clear
+        for the services downstream, empty where the contact was erased meanwhile)."""
+        sealed = [m for m in pending if privacy.may_hold_sealed(m.payload)]
+        if not sealed:
+            return pending
+        documents = {m.id: json.loads(m.payload) for m in sealed}
+        async with self._db.read() as conn:
+            keys = await self.keys(conn, privacy.all_key_ids(documents.values()))
+        return [
+            _with_payload(m, privacy.open_all(documents[m.id], keys)) if m.id in documents else m
+            for m in pending
+        ]
+
+
+def _has_personal(event: CloudEvent) -> bool:
+    data = event.data
+    fields = privacy.personal_fields(event.type, data) if isinstance(data, dict) else []
+    return bool(fields) or privacy.IDENTITY_EXTENSION in (event.model_extra or {})
+
+
+def _with_payload(message: PendingMessage, document: object) -> PendingMessage:
+    payload = json.dumps(document, separators=(",", ":")).encode()
+    return PendingMessage(
+        message.id, message.topic, message.key, message.event_id, payload, message.headers
+    )
