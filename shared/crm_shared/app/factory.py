@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_shared.app.asyncapi import asyncapi_router
 from crm_shared.app.auth import TokenVerifier, check_every_route_is_guarded, document_access
 from crm_shared.app.limits import BodyLimit
 from crm_shared.app.metrics import CONTENT_TYPE, Metrics
@@ -61,6 +62,8 @@ def create_service_app(
         setattr(app.state, key, value)
     install_problem_handlers(app)
     app.include_router(_operations_router())
+    if docs:  # like /openapi.json: public, and not in the OpenAPI schema
+        app.include_router(asyncapi_router())
     for router in routers:
         app.include_router(router)
     check_every_route_is_guarded(app)
