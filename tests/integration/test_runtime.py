@@ -141,3 +141,21 @@ async def committed(broker: Broker, group: str, topic: str) -> int:
     finally:
         await probe.stop()
     return sum(o or 0 for o in offsets)
+
+
+async def test_on_postgresql_a_periodic_job_runs_on_one_replica_at_a_time(
+    database_url: str,
+) -> None:
+    settings = LifecycleSettings(database_url=database_url)
+    first, second = create_app(settings).state.runtime, create_app(settings).state.runtime
+    try:
+        async with first._lease("sweep") as held, second._lease("sweep") as also:
+            elsewhere = second._lease("another-job")
+            async with elsewhere as other:
+                assert held and other
+                assert also is (first.db.dialect != "postgresql")
+        async with second._lease("sweep") as after:
+            assert after  # released when the first run ended
+    finally:
+        await first.db.dispose()
+        await second.db.dispose()

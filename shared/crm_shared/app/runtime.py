@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import zlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
 
 from crm_shared import tracecontext
 from crm_shared.app.metrics import Metrics
@@ -92,13 +95,34 @@ class Runtime:
         self, name: str, seconds: float, work: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
         """Run `work` every `seconds` while the service runs (started with the Kafka side);
-        each run is a trace of its own."""
+        each run is a trace of its own. On PostgreSQL a run holds a lease (an advisory
+        lock named after the service and the job): with several replicas, one runs it and
+        the others skip that round, so sweeps, refits and dispatching never overlap."""
 
         async def traced() -> None:
-            with tracecontext.use(tracecontext.new_trace()):
-                await work()
+            async with self._lease(name) as held:
+                if held:
+                    with tracecontext.use(tracecontext.new_trace()):
+                        await work()
 
         self._periodic.append((name, seconds, traced))
+
+    @asynccontextmanager
+    async def _lease(self, job: str) -> AsyncIterator[bool]:
+        if self.db.dialect != "postgresql":
+            yield True  # SQLite: one process owns the file
+            return
+        key = zlib.crc32(f"crm-{self.name}-{job}".encode()) & 0x7FFFFFFF
+        async with self.db.engine.connect() as conn:
+            held = bool(
+                (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
+            )
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await conn.commit()
 
     def wake_relay(self) -> None:
         """Call after committing outbox rows, so they go out without waiting for a poll."""
