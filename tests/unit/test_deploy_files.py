@@ -3,11 +3,13 @@
 The Dockerfiles, deploy/compose.yaml and the kustomize bases under deploy/k8s are parsed (no
 Docker engine or cluster needed) and checked against each service's settings class, its app's
 routes and its command line: a misspelt variable, a value the settings refuse, a probe on a
-route that does not exist or an autoscaler allowed past the partition count fails here.
+route that does not exist, an autoscaler allowed past the partition count or a service scaled
+out while one of its periodic jobs works outside its lease fails here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -16,7 +18,8 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -27,6 +30,9 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from pydantic import AliasChoices
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from crm_shared.app.settings import ServiceSettings
 from crm_shared.messaging import topics
@@ -42,10 +48,10 @@ SECRET_SETTINGS = {
     "CRM_WEBHOOK_SECRET",
     "CRM_SMTP_PASSWORD",
 }
-# Lifecycle's sweeper, scoring's refit and rescore, notifications' dispatcher and birthday
-# job run in every replica without coordination; deploy/README.md ("Scaling") says why that
-# keeps those services at one pod. A change here is a change of that analysis.
-UNCOORDINATED_PERIODIC_JOBS = {
+# The periodic jobs (Runtime.every) of each service. Each run holds a lease on PostgreSQL, so
+# replicas take turns; deploy/README.md ("Scaling") says what each job still does per replica.
+# A job added here is a row to add there.
+PERIODIC_JOBS = {
     "lifecycle": ["sweeper"],
     "scoring": ["refit", "rescore"],
     "notifications": ["dispatcher", "birthdays"],
@@ -79,15 +85,20 @@ def service(name: str) -> Service:
     return Service(name, cast(type[ServiceSettings], getattr(module, f"{name.title()}Settings")))
 
 
-@cache
-def app(name: str) -> FastAPI:
-    """The service's app with authentication on, built but not started."""
+def build_app(name: str) -> FastAPI:
+    """The service's app with authentication on, built but not started (its database is an
+    empty SQLite in memory: nothing migrated)."""
     settings = service(name).settings(
         database_url="sqlite+aiosqlite:///:memory:",
         auth_jwt_secret="a-secret-for-building-the-app-only",
         create_topics=False,
     )
     return cast(FastAPI, importlib.import_module(f"{name}.bootstrap").create_app(settings))
+
+
+@cache
+def app(name: str) -> FastAPI:
+    return build_app(name)
 
 
 def routes(name: str) -> set[str]:
@@ -536,18 +547,71 @@ async def test_probes_ask_real_routes_on_the_service_port_without_a_token(name: 
         await app(name).state.runtime.db.dispose()
 
 
-def test_services_whose_periodic_jobs_are_uncoordinated_run_exactly_one_pod() -> None:
-    found = {name: periodic_jobs(name) for name in SERVICES if periodic_jobs(name)}
-    assert found == UNCOORDINATED_PERIODIC_JOBS
-    for name in SERVICES:
-        base = Base.of(K8S / name)
-        deployment = base.one("Deployment")
-        if name in found:
-            assert deployment["spec"]["replicas"] == 1, name
-            assert deployment["spec"]["strategy"]["type"] == "Recreate", name
-            assert not base.all("HorizontalPodAutoscaler"), name
-        else:
-            assert base.one("HorizontalPodAutoscaler"), name
+Lease = Callable[[str], AbstractAsyncContextManager[bool]]
+
+
+def lease_that(granted: bool, asked: list[str]) -> Lease:
+    """A stand-in for `Runtime._lease`: records the job it is asked for, grants or refuses."""
+
+    @asynccontextmanager
+    async def lease(job: str) -> AsyncIterator[bool]:
+        asked.append(job)
+        yield granted
+
+    return lease
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_every_periodic_job_works_only_while_its_replica_holds_the_jobs_lease(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert periodic_jobs(name) == PERIODIC_JOBS.get(name, [])
+    for granted in (False, True):
+        runtime = build_app(name).state.runtime
+        asked: list[str] = []
+        connections: list[object] = []
+        monkeypatch.setattr(runtime, "_lease", lease_that(granted, asked))
+        event.listen(runtime.db.engine.sync_engine, "engine_connect", connections.append)
+        try:
+            for job, _, run in runtime._periodic:
+                asked.clear()
+                connections.clear()
+                # Granted, the job reaches the database (and fails there: nothing is migrated).
+                with contextlib.suppress(SQLAlchemyError):
+                    await run()
+                assert asked == [job], (name, job)
+                assert bool(connections) is granted, (name, job, granted)
+        finally:
+            await runtime.db.dispose()
+
+
+def most_pods_at_once(base: Base) -> int:
+    """How many pods of the Deployment may run at once: its autoscaler's maximum (or its
+    fixed count), one more while a rolling update surges."""
+    spec = base.one("Deployment")["spec"]
+    hpas = base.all("HorizontalPodAutoscaler")
+    most = max([h["spec"]["maxReplicas"] for h in hpas] or [spec.get("replicas", 1)])
+    strategy = spec.get("strategy", {})
+    surge = strategy.get("rollingUpdate", {}).get("maxSurge", "25%")
+    return int(most) + (0 if strategy.get("type") == "Recreate" or surge in (0, "0%") else 1)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_a_service_runs_several_pods_only_where_its_leases_hold(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Base.of(K8S / name)
+    if most_pods_at_once(base) == 1:
+        return
+    # Leases are PostgreSQL advisory locks: on SQLite `_lease` always grants.
+    examples = load_yaml_documents(K8S / "secrets.example.yaml")
+    secret = {d["metadata"]["name"]: d["stringData"] for d in examples}[f"crm-{name}"]
+    assert make_url(secret["database-url"]).get_backend_name() == "postgresql", name
+    # The event-time clock is each process's latest event time, and in lifecycle every
+    # consumed batch moves the customers whose silence is due: work outside any lease.
+    env = k8s_env(base, base.one("Deployment"))
+    settings = load_settings(service(name).settings, env, monkeypatch)
+    assert getattr(settings, "clock", "wall") == "wall", name
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -555,13 +619,24 @@ def test_no_autoscaler_adds_consumers_beyond_the_partition_count(name: str) -> N
     base = Base.of(K8S / name)
     deployment = base.one("Deployment")
     partitions = int(k8s_env(base, deployment)["CRM_TOPIC_PARTITIONS"])
-    for hpa in base.all("HorizontalPodAutoscaler"):
-        spec = hpa["spec"]
-        assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-        assert 1 <= spec["minReplicas"] <= spec["maxReplicas"] <= partitions
-        # The autoscaler owns the count: a fixed one would be reset on every apply.
-        assert "replicas" not in deployment["spec"]
-    assert deployment["spec"].get("replicas", 1) <= partitions
+    spec = base.one("HorizontalPodAutoscaler")["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert 1 <= spec["minReplicas"] <= spec["maxReplicas"] <= partitions
+    # The autoscaler owns the count: a fixed one would be reset on every apply.
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_disruption_budget_lets_nodes_drain_at_the_autoscalers_minimum(name: str) -> None:
+    base = Base.of(K8S / name)
+    least = base.one("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    budget = base.one("PodDisruptionBudget")["spec"]
+    (bound,) = {"minAvailable", "maxUnavailable"} & set(budget)
+    assert isinstance(budget[bound], int), "a count, not a percentage"
+    evictable = least - budget[bound] if bound == "minAvailable" else budget[bound]
+    # At the minimum one pod can still be evicted; with two or more, not all of them at once.
+    assert 1 <= evictable and (least == 1 or evictable < least), (name, least, budget)
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -635,4 +710,4 @@ def test_kustomize_builds_the_whole_platform() -> None:
     assert built.returncode == 0, built.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc]
     assert kinds.count("Deployment") == kinds.count("Job") == len(SERVICES)
-    assert "HorizontalPodAutoscaler" in kinds and "Namespace" in kinds
+    assert kinds.count("HorizontalPodAutoscaler") == len(SERVICES) and "Namespace" in kinds
