@@ -205,3 +205,16 @@ async def test_what_if_reports_who_would_move_without_changing_anything(
     assert flow["prospect"]["new"] == 3
     cohorts = (await client.get("/v1/reports/cohorts", params={"months": 3})).json()["cohorts"]
     assert cohorts[0]["customers"] == 2 and cohorts[0]["active_share"][0] == 1.0
+
+
+async def test_a_first_purchase_that_arrives_after_the_customer_was_seen_is_news(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    seen = CATALOG.validate(CloudEvent.model_validate(login_json("p1", day=10)))
+    await apply(app, [seen])
+    await apply(app, [purchase("p1", day=5)])
+    history = (await client.get("/v1/customers/p1/transitions")).json()
+    assert [(t["to_stage"], t["correction"]) for t in history] == [
+        ("prospect", True),  # restated: known since day 5, not day 10
+        ("new", False),  # never published before: news (the welcome is sent)
+    ]

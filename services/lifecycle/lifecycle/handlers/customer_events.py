@@ -10,6 +10,7 @@ corrections.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,8 +94,12 @@ class Lifecycle:
             old = published.get(customer_id, [])
             keep = _common_prefix(old, history)
             superseded += [r["id"] for r in old[keep:]]
-            correction = keep < len(old)
+            restated = Counter(r["to_stage"] for r in old[keep:])
             for seq, t in enumerate(history[keep:], start=keep):
+                # A correction restates a stage entry published before (at another time or
+                # for another cause); an entry never published is news, correction or not.
+                correction = restated[t.to_stage] > 0
+                restated[t.to_stage] -= 1
                 row = stages.transition_row(
                     t, seq=seq, correction=correction, policy=self.policy, now=recorded
                 )
