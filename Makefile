@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres lint migrate bench bench-lifecycle bench-scoring clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults lint migrate bench bench-lifecycle bench-scoring clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -32,6 +32,7 @@ help:
 	@echo "                        CRM_KAFKA_BOOTSTRAP (default 127.0.0.1:9092)"
 	@echo "make test               the whole test suite (SQLite, embedded broker)"
 	@echo "make test-postgres      storage tests on PostgreSQL (CRM_TEST_POSTGRES_URL)"
+	@echo "make test-faults        SIGKILL each service and SIGSTOP the broker mid-stream"
 	@echo "make lint               ruff check, format check and mypy --strict"
 	@echo "make migrate            apply every service's migrations to its database"
 	@echo "make bench              throughput, latency and memory of contacts + lifecycle on a"
@@ -67,6 +68,10 @@ test: install
 test-postgres: install
 	CRM_TEST_DATABASES=postgres CRM_TEST_POSTGRES_URL="$(CRM_TEST_POSTGRES_URL)" \
 	uv run pytest -q -m storage
+
+# Kills each service and freezes the broker while 100,000 events stream in (a few minutes).
+test-faults: install
+	uv run pytest -q -m faults --timeout 900 tests/faults
 
 lint: install
 	uv run ruff check . && uv run ruff format --check . && uv run mypy
