@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from crm_shared import devstack
 from crm_shared.devstack import ConfigError, DevConfig, build_parser, parse_config
 from crm_shared.testing.stack import SERVICES
 
@@ -132,3 +133,14 @@ def test_help_documents_every_variable(capsys: pytest.CaptureFixture[str]) -> No
         *(f"CRM_{name.upper()}_PORT" for name in SERVICES),
     ]
     assert [name for name in variables if name not in text] == []
+
+
+def test_the_development_secret_is_made_once_kept_private_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRM_AUTH_JWT_SECRET", raising=False)
+    secret = devstack._dev_secret(tmp_path)
+    assert len(secret) >= 32 and devstack._dev_secret(tmp_path) == secret
+    assert (tmp_path / "dev-secret").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("CRM_AUTH_JWT_SECRET", "from-the-environment-" + "x" * 20)
+    assert devstack._dev_secret(tmp_path).startswith("from-the-environment-")
