@@ -121,6 +121,7 @@ class Watcher:
                 "contacts.published": (contacts, PUBLISHED, ""),
             }
         self._sample = tuple(sample)
+        self.sampled = list(self._sample)
         self._interval, self._sample_every = interval, sample_every
         self._base: dict[str, float] = {}
 

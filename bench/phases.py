@@ -1,5 +1,7 @@
 """The measured phases: raw Kafka baseline, end to end via HTTP and via Kafka, latency.
 
+End to end means until every folding service (lifecycle, and scoring when it runs) applied
+every event contacts published: their customer-events consumers' `crm_events_consumed_total`.
 Every phase is bounded by a deadline and reports what it got by then; a phase that did not
 finish says so (`complete: false`) instead of hanging the run.
 """
@@ -23,6 +25,8 @@ from crm_shared.messaging.topics import INBOUND
 
 PRODUCE_CHUNK = 1000
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
+# Scoring's consumer of crm.customer-events (it also consumes crm.lifecycle).
+OF_CUSTOMER_EVENTS = 'consumer="customer-events"'
 
 
 class BenchError(RuntimeError):
@@ -43,6 +47,7 @@ class Context:
     run_id: str
     linger_ms: int
     check_alive: Callable[[], None] = lambda: None
+    scoring: httpx.AsyncClient | None = None
     # Canonical events contacts publishes for the first event of an unknown customer (the
     # event, and the contact it creates for them); measured by the warm-up.
     published_per_new_customer: int = 1
@@ -55,8 +60,30 @@ class Context:
     def meter(self) -> CpuMeter:
         return CpuMeter(self.pids)
 
+    @property
+    def folds(self) -> list[str]:
+        """The watcher's counters of the services that fold customer events."""
+        return ["lifecycle.consumed"] + (["scoring.consumed"] if self.scoring else [])
+
     def server_stats(self) -> ServerStats:
-        return ServerStats(self.lifecycle, self.contacts)
+        more = {"scoring": (self.scoring, OF_CUSTOMER_EVENTS)} if self.scoring else None
+        return ServerStats(self.lifecycle, self.contacts, more=more)
+
+
+def folding_watcher(
+    lifecycle: httpx.AsyncClient,
+    contacts: httpx.AsyncClient,
+    scoring: httpx.AsyncClient | None,
+) -> Watcher:
+    """A watcher of contacts and of the services folding what it publishes."""
+    if scoring is None:
+        return Watcher(lifecycle, contacts)
+    return Watcher(
+        lifecycle,
+        contacts,
+        more={"scoring.consumed": (scoring, OF_CUSTOMER_EVENTS)},
+        sample=("lifecycle.consumed", "scoring.consumed"),
+    )
 
 
 def rate(count: float, seconds: float | None) -> float | None:
@@ -196,7 +223,8 @@ async def post_single(client: httpx.AsyncClient, body: bytes) -> None:
 
 
 async def warm_up(ctx: Context, within: float) -> dict[str, Any]:
-    """One event over HTTP and one over crm.inbound, each until lifecycle applied it.
+    """One event over HTTP and one over crm.inbound, each until lifecycle (and scoring)
+    applied it.
 
     Consumer groups on the embedded broker take ~5 s to form: done here, not in a phase.
     Also counts what contacts publishes for the first event of a new customer, so that
@@ -211,11 +239,12 @@ async def warm_up(ctx: Context, within: float) -> dict[str, Any]:
             await post_single(ctx.contacts, json.dumps(event).encode())
         else:
             await _produce_one(ctx, event)
-        progress = await ctx.watcher.until({"lifecycle.consumed": 1}, started, started + within)
+        targets = dict.fromkeys(ctx.folds, 1)
+        progress = await ctx.watcher.until(targets, started, started + within)
         ctx.check_alive()
         if not progress.complete:
-            raise BenchError(f"warm-up via {path}: lifecycle did not apply the event in {within}s")
-        out[f"{path}_s"] = round(progress.reached["lifecycle.consumed"] or 0.0, 2)
+            raise BenchError(f"warm-up via {path}: not applied in {within}s: {progress.reached}")
+        out[f"{path}_s"] = round(max(t or 0.0 for t in progress.reached.values()), 2)
         await asyncio.sleep(1.0)  # let whatever else the event caused arrive too
         settled = await ctx.watcher.current()
         out[f"{path}_published_per_new_customer"] = settled.get("contacts.published")
@@ -236,18 +265,30 @@ async def _produce_one(ctx: Context, event: dict[str, Any]) -> None:
 # --- end to end ---
 
 
-def _end_to_end(n: int, expected: int, progress: Progress, extra: dict[str, Any]) -> dict[str, Any]:
-    done = progress.reached.get("lifecycle.consumed")
-    applied = progress.last.get("lifecycle.consumed", 0.0)
+def _end_to_end(
+    ctx: Context, n: int, expected: int, progress: Progress, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Timed until the last folding service applied the last event."""
+    times = [progress.reached.get(k) for k in ctx.folds]
+    done = None if None in times else max(t or 0.0 for t in times)
     return {
         "events": n,
         "complete": done is not None,
         "seconds": round(done, 3) if done is not None else None,
         "rate": rate(n, done),
         "lifecycle_expected": expected,
-        "applied": int(applied),
+        "applied": int(min(progress.last.get(k, 0.0) for k in ctx.folds)),
+        "folds": {
+            k.removesuffix(".consumed"): {
+                "seconds": _round(progress.reached.get(k)),
+                "rate": rate(n, progress.reached.get(k)),
+                "applied": int(progress.last.get(k, 0.0)),
+            }
+            for k in ctx.folds
+        },
         "contacts_published_at_s": _round(progress.reached.get("contacts.published")),
         **extra,
+        "timeline_columns": ["seconds", *ctx.watcher.sampled],
         "timeline": progress.samples,
     }
 
@@ -289,7 +330,7 @@ def _counts(outcome: dict[str, Any]) -> dict[str, Any]:
 async def http_end_to_end(
     ctx: Context, workload: Workload, batch_size: int, concurrency: int, within: float
 ) -> dict[str, Any]:
-    """POST the workload in batches; time until lifecycle applied it all."""
+    """POST the workload in batches; time until lifecycle and scoring applied it all."""
     bodies = http_batches(workload.generate(), batch_size)
     await ctx.watcher.snapshot()
     server = ctx.server_stats()
@@ -298,7 +339,7 @@ async def http_end_to_end(
     meter.start()
     started = time.perf_counter()
     expected = ctx.expected_published(workload)
-    targets = {"lifecycle.consumed": expected, "contacts.published": expected}
+    targets = dict.fromkeys([*ctx.folds, "contacts.published"], expected)
     watch = asyncio.create_task(ctx.watcher.until(targets, started, started + within))
     try:
         await post_batches(ctx.contacts, bodies, concurrency)
@@ -311,6 +352,7 @@ async def http_end_to_end(
     ctx.check_alive()
     servers = await server.stop()
     return _end_to_end(
+        ctx,
         workload.events,
         expected,
         progress,
@@ -327,7 +369,7 @@ async def http_end_to_end(
 
 
 async def kafka_end_to_end(ctx: Context, workload: Workload, within: float) -> dict[str, Any]:
-    """Publish the workload to crm.inbound; time until lifecycle applied it all."""
+    """Publish the workload to crm.inbound; time until lifecycle and scoring applied it all."""
     records = kafka_records(workload.generate())
     producer = raw_producer(ctx.bootstrap, ctx.linger_ms)
     await producer.start()
@@ -340,11 +382,8 @@ async def kafka_end_to_end(ctx: Context, workload: Workload, within: float) -> d
         meter.start()
         started = time.perf_counter()
         expected = ctx.expected_published(workload)
-        targets = {
-            "lifecycle.consumed": expected,
-            "contacts.consumed": workload.events,
-            "contacts.published": expected,
-        }
+        targets = dict.fromkeys([*ctx.folds, "contacts.published"], expected)
+        targets["contacts.consumed"] = workload.events
         watch = asyncio.create_task(ctx.watcher.until(targets, started, started + within))
         try:
             await produce_all(producer, INBOUND, records)
@@ -359,6 +398,7 @@ async def kafka_end_to_end(ctx: Context, workload: Workload, within: float) -> d
     ctx.check_alive()
     servers = await server.stop()
     return _end_to_end(
+        ctx,
         workload.events,
         expected,
         progress,

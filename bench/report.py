@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-PROCESSES = ("contacts", "lifecycle", "broker", "bench")
+PROCESSES = ("contacts", "lifecycle", "scoring", "broker", "bench")
 
 
 def num(value: Any, digits: int = 0) -> str:
@@ -16,18 +16,25 @@ def num(value: Any, digits: int = 0) -> str:
 
 
 def _row(label: str, count: Any, seconds: Any, rate: Any, ratio: Any) -> str:
-    return f"  {label:<40} {num(count):>9} {num(seconds, 2):>9} {num(rate):>11} {ratio:>9}"
+    return f"  {label:<48} {num(count):>9} {num(seconds, 2):>9} {num(rate):>11} {ratio:>9}"
 
 
 def _ratio(rate: float | None, baseline: float | None) -> str:
     return f"{100 * rate / baseline:.1f}%" if rate and baseline else "-"
 
 
+def _folded_by(result: dict[str, Any]) -> str:
+    """`lifecycle + scoring`: the services an end-to-end phase waited for."""
+    phase = result.get("http") or result.get("kafka") or {}
+    return " + ".join(phase.get("folds") or ["lifecycle"])
+
+
 def throughput_lines(result: dict[str, Any]) -> list[str]:
+    folded = _folded_by(result)
     base = result.get("baseline", {})
     produce, consume = base.get("produce", {}), base.get("consume", {})
     ref = produce.get("rate")
-    lines = [f"  {'phase':<40} {'events':>9} {'seconds':>9} {'events/s':>11} {'vs raw':>9}"]
+    lines = [f"  {'phase':<48} {'events':>9} {'seconds':>9} {'events/s':>11} {'vs raw':>9}"]
     if produce:
         lines.append(
             _row(
@@ -61,7 +68,7 @@ def throughput_lines(result: dict[str, Any]) -> list[str]:
         )
         lines.append(
             _row(
-                "HTTP: POST -> lifecycle applied",
+                f"HTTP: POST -> {folded} applied",
                 http["events"],
                 http["seconds"],
                 http["rate"],
@@ -81,7 +88,7 @@ def throughput_lines(result: dict[str, Any]) -> list[str]:
         )
         lines.append(
             _row(
-                "Kafka: crm.inbound -> lifecycle applied",
+                f"Kafka: inbound -> {folded} applied",
                 kafka["events"],
                 kafka["seconds"],
                 kafka["rate"],
@@ -92,7 +99,7 @@ def throughput_lines(result: dict[str, Any]) -> list[str]:
         phase = result.get(name)
         if phase and not phase["complete"]:
             expected = phase.get("lifecycle_expected", phase["events"])
-            lines.append(f"  !! {name}: lifecycle applied only {phase['applied']} of {expected}")
+            lines.append(f"  !! {name}: {folded} applied only {phase['applied']} of {expected}")
     return lines
 
 
@@ -114,7 +121,9 @@ def milestone_lines(result: dict[str, Any]) -> list[str]:
         if name == "kafka":
             parts.append(f"contacts consumed all {num(phase.get('contacts_consumed_at_s'), 2)} s")
         parts.append(f"contacts published all {num(phase.get('contacts_published_at_s'), 2)} s")
-        parts.append(f"lifecycle applied all {num(phase.get('seconds'), 2)} s")
+        folds = phase.get("folds") or {"lifecycle": {"seconds": phase.get("seconds")}}
+        for service, fold in folds.items():
+            parts.append(f"{service} applied all {num(fold.get('seconds'), 2)} s")
         lines.append(f"  {name:<6} " + ", ".join(parts))
     return lines
 
@@ -126,7 +135,7 @@ def server_lines(result: dict[str, Any]) -> list[str]:
         if not server:
             continue
         parts = []
-        for service in ("contacts", "lifecycle"):
+        for service in ("contacts", "lifecycle", "scoring"):
             if f"{service}_batches" in server:
                 parts.append(
                     f"{service} {server[f'{service}_batches']} batches of "
@@ -197,14 +206,21 @@ def cpu_table(
     return lines
 
 
-def memory_lines(result: dict[str, Any], processes: Sequence[str] = PROCESSES) -> list[str]:
-    memory = result.get("memory", {})
-    lines = [f"  {'MiB':<20} {'peak RSS':>10} {'RSS now':>10}"]
+def memory_lines(
+    result: dict[str, Any], processes: Sequence[str] = PROCESSES, *, earlier: str = ""
+) -> list[str]:
+    """Peak and current RSS at the end; with `earlier` (a key of the result holding an
+    earlier reading), the peak by then too."""
+    memory, before = result.get("memory", {}), result.get(earlier) or {}
+    extra = f" {'peak by then':>13}" if before else ""
+    lines = [f"  {'MiB':<20} {'peak RSS':>10} {'RSS now':>10}{extra}"]
     for name in processes:
         mem = memory.get(name)
         if mem:
+            then = f" {num(before.get(name, {}).get('hwm_mib'), 1):>13}" if before else ""
             lines.append(
                 f"  {name:<20} {num(mem.get('hwm_mib'), 1):>10} {num(mem.get('rss_mib'), 1):>10}"
+                + then
             )
     return lines
 
@@ -258,7 +274,10 @@ def print_report(result: dict[str, Any]) -> None:
         ("server side (mean per consumed batch / per POST)", server_lines(result)),
         ("latency", latency_lines(result)),
         ("CPU per phase", cpu_lines(result)),
-        ("memory", memory_lines(result)),
+        (
+            "memory (peak by then: after the HTTP and Kafka phases)",
+            memory_lines(result, earlier="memory_after_throughput"),
+        ),
         ("profile (share of samples)", profile_lines(result)),
     ]
     for title, lines in sections:

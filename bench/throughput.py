@@ -1,14 +1,16 @@
-"""Throughput, latency and memory of contacts + lifecycle on the embedded broker.
+"""Throughput, latency and memory of contacts + lifecycle + scoring on the embedded broker.
 
 One run starts a fresh broker and fresh databases (in a temporary directory), then measures:
 
 1. baseline: a raw aiokafka producer and consumer against the same broker, with records as
    large as the purchase events contacts publishes;
-2. end to end via HTTP: batches POSTed to contacts until lifecycle applied every event
-   (lifecycle's `crm_events_consumed_total`), and contacts' ingestion rate alone;
+2. end to end via HTTP: batches POSTed to contacts until lifecycle AND scoring applied every
+   event (their customer-events consumers' `crm_events_consumed_total`), and contacts'
+   ingestion rate alone;
 3. end to end via Kafka: the same through `crm.inbound`;
 4. latency: single POSTs at a steady rate, each until its fresh customer's stage reads `new`;
-5. peak RSS (VmHWM) of each process, and CPU used per phase.
+5. peak RSS (VmHWM) of each process after the throughput phases and at the end, and CPU
+   used per phase.
 
 It prints a table and writes JSON to `bench/results/throughput-<UTC timestamp>.json`.
 `--profile` samples contacts and lifecycle with py-spy during the HTTP phase.
@@ -19,6 +21,7 @@ It prints a table and writes JSON to `bench/results/throughput-<UTC timestamp>.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -42,7 +45,6 @@ from bench.observe import (
     DUPLICATES,
     RELAY_FAILURES,
     CpuMeter,
-    Watcher,
     counters,
     memory_mib,
 )
@@ -54,7 +56,7 @@ from crm_shared.testing.stack import Stack
 
 RESULTS = runinfo.RESULTS
 BASELINE_TOPIC = "bench.baseline"
-SERVICES = ("contacts", "lifecycle")
+SERVICES = ("contacts", "lifecycle", "scoring")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,15 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--events", type=int, default=20_000, help="events per end-to-end phase")
-    p.add_argument("--customers", type=int, default=2_000, help="customers they spread over")
+    p.add_argument("--events", type=int, default=100_000, help="events per end-to-end phase")
+    p.add_argument("--customers", type=int, default=10_000, help="customers they spread over")
     p.add_argument("--batch-size", type=int, default=500, help="events per HTTP batch")
     p.add_argument("--concurrency", type=int, default=4, help="HTTP batch requests in flight")
     p.add_argument("--baseline-messages", type=int, help="default: max(events, 50000)")
     p.add_argument("--linger-ms", type=int, default=1, help="linger of the raw producers")
     p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="CRM_FETCH_MAX_WAIT_MS")
-    p.add_argument("--latency-rate", type=float, default=200.0, help="single POSTs per second")
+    p.add_argument("--latency-rate", type=float, default=500.0, help="single POSTs per second")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="for how long")
     p.add_argument("--poll-interval-ms", type=float, default=10.0, help="stage poll interval")
     p.add_argument(
@@ -87,12 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--phase-timeout", type=float, help="default: max(60, events / 200) s")
     p.add_argument(
+        "--no-scoring",
+        action="store_true",
+        help="contacts and lifecycle only (end to end = lifecycle applied all), as before",
+    )
+    p.add_argument(
         "--profile",
         nargs="?",
         const="http",
         default="",
         metavar="PHASES",
-        help="sample contacts and lifecycle with py-spy during these phases (bare: http)",
+        help="sample the services with py-spy during these phases (bare: http)",
     )
     p.add_argument("--profile-idle", action="store_true", help="include idle (waiting) samples")
     p.add_argument("--profile-native", action="store_true", help="include C frames (slower)")
@@ -109,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown phases {sorted(unknown)}")
     args.baseline_messages = args.baseline_messages or max(args.events, 50_000)
     args.phase_timeout = args.phase_timeout or max(60.0, args.events / 200)
+    args.services = [s for s in SERVICES if s != "scoring" or not args.no_scoring]
     return args
 
 
@@ -132,7 +140,7 @@ class Run:
             if "baseline" in args.phases:
                 self.result["baseline"] = await self._baseline()
             self.stack = Stack(
-                SERVICES,
+                args.services,
                 bootstrap=self.broker.bootstrap,
                 data_dir=self.workdir,
                 env={
@@ -163,13 +171,16 @@ class Run:
                 "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
             )
 
-    def _context(self, contacts: httpx.AsyncClient, lifecycle: httpx.AsyncClient) -> phases.Context:
+    def _context(self, clients: dict[str, httpx.AsyncClient]) -> phases.Context:
         assert self.stack is not None
+        contacts, lifecycle = clients["contacts"], clients["lifecycle"]
+        scoring = clients.get("scoring")
         return phases.Context(
             bootstrap=self.broker.bootstrap,
             contacts=contacts,
             lifecycle=lifecycle,
-            watcher=Watcher(lifecycle, contacts),
+            scoring=scoring,
+            watcher=phases.folding_watcher(lifecycle, contacts, scoring),
             contacts_addr=(self.stack["contacts"].host, self.stack["contacts"].port),
             lifecycle_addr=(self.stack["lifecycle"].host, self.stack["lifecycle"].port),
             pids=self._pids(),
@@ -196,30 +207,25 @@ class Run:
     async def _end_to_end(self) -> None:
         assert self.stack is not None
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
-        timeout = httpx.Timeout(60.0)
-        async with (
-            httpx.AsyncClient(
-                base_url=self.stack.url("contacts"),
-                limits=limits,
-                timeout=timeout,
-                trust_env=False,
-                headers=self.stack.headers,
-            ) as contacts,
-            httpx.AsyncClient(
-                base_url=self.stack.url("lifecycle"),
-                limits=limits,
-                timeout=timeout,
-                trust_env=False,
-                headers=self.stack.headers,
-            ) as lifecycle,
-        ):
-            ctx = self._context(contacts, lifecycle)
+        async with contextlib.AsyncExitStack() as opened:
+            clients = {
+                name: await opened.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=self.stack.url(name),
+                        limits=limits,
+                        timeout=httpx.Timeout(60.0),
+                        trust_env=False,
+                        headers=self.stack.headers,
+                    )
+                )
+                for name in self.args.services
+            }
+            ctx = self._context(clients)
             self.result["warm_up"] = await phases.warm_up(ctx, within=60.0)
             await self._phases(ctx)
             self.result["counters"] = {
-                "lifecycle": await counters(lifecycle, [CONSUMED, DUPLICATES, DEAD_LETTERED]),
-                "contacts": await counters(contacts, [CONSUMED, DUPLICATES, DEAD_LETTERED])
-                | await counters(contacts, [RELAY_FAILURES]),
+                name: await counters(client, [CONSUMED, DUPLICATES, DEAD_LETTERED, RELAY_FAILURES])
+                for name, client in clients.items()
             }
 
     async def _phases(self, ctx: phases.Context) -> None:
@@ -235,6 +241,8 @@ class Run:
         if "kafka" in args.phases:
             workload = Workload(f"bench-k-{self.run_id}", args.events, args.customers)
             await self._phase("kafka", phases.kafka_end_to_end(ctx, workload, args.phase_timeout))
+        # Peak RSS so far: the throughput phases (the broker's includes the baseline's records).
+        self.result["memory_after_throughput"] = self._memory()
         if "latency" in args.phases:
             await self._phase(
                 "latency",
@@ -262,7 +270,7 @@ class Run:
             return []
         return profiling.start_profiles(
             phase,
-            {name: pid for name, pid in self._pids().items() if name in SERVICES},
+            {name: pid for name, pid in self._pids().items() if name in self.args.services},
             self.args.profile_dir,
             rate=self.args.profile_rate,
             idle=self.args.profile_idle,
