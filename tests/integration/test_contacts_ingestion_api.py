@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from unittest.mock import ANY
 
 import httpx
@@ -19,6 +20,7 @@ from tests.support.apps import api_client
 from tests.support.events import login_json, purchase_json
 
 BATCH = {"content-type": BATCH_CONTENT_TYPE}
+CREATED = "crm.contact.created.v1"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -45,6 +47,15 @@ async def outbox_of(app: FastAPI) -> list[tuple[str, str, str, str]]:
     ]
 
 
+async def published_of(app: FastAPI) -> list[tuple[str, str, datetime]]:
+    """What contacts will publish: (key, event type, event time)."""
+    runtime: Runtime = app.state.runtime
+    async with runtime.db.read() as conn:
+        pending = await runtime.outbox.pending(conn, limit=100)
+    payloads = [(m.key, json.loads(m.payload)) for m in pending]
+    return [(key, e["type"], datetime.fromisoformat(e["time"])) for key, e in payloads]
+
+
 async def activity_of(app: FastAPI) -> list[tuple[str, str]]:
     """Published customer activity (not contact records): (key, event id)."""
     return [(key, i) for _, key, t, i in await outbox_of(app) if not t.startswith("crm.contact.")]
@@ -61,6 +72,23 @@ async def test_one_accepted_event_answers_202_and_is_published_keyed_by_customer
         (CUSTOMER_EVENTS, "c1", "crm.contact.created.v1", ANY),
         (CUSTOMER_EVENTS, "c1", "crm.purchase.completed.v1", event["id"]),
     ]
+
+
+async def test_a_customer_first_named_by_last_years_events_is_created_as_of_the_first(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    # Event-time clocks downstream take the highest time they see: a contact dated today
+    # would move a replay of last year's purchases to today.
+    last_year = datetime(2025, 3, 1, tzinfo=UTC)
+    body = [purchase_json("c1", start=last_year, day=d) for d in (5, 2)] + [
+        purchase_json("c2", start=datetime.now(UTC) + timedelta(days=30))
+    ]
+    response = await client.post("/v1/events", content=json.dumps(body), headers=BATCH)
+    assert response.json()["accepted"] == 3
+    created = {key: time for key, type_, time in await published_of(app) if type_ == CREATED}
+    assert created["c1"] == last_year + timedelta(days=2)
+    # Never after now: an event from the future does not date its contact there.
+    assert created["c2"] <= datetime.now(UTC)
 
 
 async def test_sending_an_accepted_event_again_is_a_duplicate_not_a_second_event(

@@ -126,7 +126,7 @@ class Ingestor:
                 outcomes.append(Outcome(event.id, "accepted"))
             except ValueError as exc:
                 outcomes.append(Outcome(event.id, "rejected", f"subject: {exc}", "subject"))
-        owners = await self._owners(conn, {ident for _, _, ident in fresh})
+        owners = await self._owners(conn, _first_times(fresh))
         erased = await self._contacts.vault.erased(conn, set(owners.values()))
         accepted = []
         for index, event, ident in fresh:
@@ -184,8 +184,12 @@ class Ingestor:
         outcomes = await self.store(conn, events, publish=False)
         return {o.id: o.reason or "rejected" for o in outcomes if o.status == "rejected" and o.id}
 
-    async def _owners(self, conn: AsyncConnection, idents: set[str]) -> dict[str, str]:
-        """Identifier -> the contact it belongs to today, creating prospects as configured."""
+    async def _owners(
+        self, conn: AsyncConnection, first_times: dict[str, datetime]
+    ) -> dict[str, str]:
+        """Identifier -> the contact it belongs to today, creating prospects as configured
+        (each dated by the first event that names it: `first_times`)."""
+        idents = set(first_times)
         bare = {i for i in idents if i.startswith("id:")}
         owners = await records.resolve(conn, idents - bare)
         merged = await records.statuses(conn, {i.removeprefix("id:") for i in bare})
@@ -196,15 +200,20 @@ class Ingestor:
                 owners[ident] = survivor or contact_id
         missing = sorted(idents - set(owners))
         if missing and self._unknown == "create":
-            owners.update(await self._create_prospects(conn, missing))
+            owners.update(await self._create_prospects(conn, missing, first_times))
         return owners
 
-    async def _create_prospects(self, conn: AsyncConnection, idents: list[str]) -> dict[str, str]:
+    async def _create_prospects(
+        self, conn: AsyncConnection, idents: list[str], first_times: dict[str, datetime]
+    ) -> dict[str, str]:
+        """A prospect for each identifier, known since its first event: a replay of last
+        year's events creates contacts of last year, so event-time clocks downstream stay
+        in last year."""
         items = []
         for ident in idents:
             profile, external = prospect_profile(ident)
             contact_id = ident.removeprefix("id:") if ident.startswith("id:") else str(uuid.uuid4())
-            items.append(NewContact(contact_id, profile, external))
+            items.append(NewContact(contact_id, profile, external, first_times.get(ident)))
         created = await self._contacts.create_many(conn, items, origin="ingestion", actor=None)
         return {ident: state.id for ident, state in zip(idents, created, strict=True)}
 
@@ -228,6 +237,15 @@ def _canonical(event: Event[EventData], contact_id: str) -> CloudEvent:
     return CloudEvent.model_validate(
         {**event.envelope.to_dict(), "subject": contact_id, IDENTITY_EXTENSION: event.subject}
     )
+
+
+def _first_times(fresh: Sequence[tuple[int, Event[EventData], str]]) -> dict[str, datetime]:
+    """Each identifier's earliest event time in the batch."""
+    out: dict[str, datetime] = {}
+    for _, event, ident in fresh:
+        if ident not in out or event.time < out[ident]:
+            out[ident] = event.time
+    return out
 
 
 def _unknown_reason(subject: str) -> str:

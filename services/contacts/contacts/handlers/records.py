@@ -49,6 +49,9 @@ class NewContact:
     contact_id: str
     profile: dict[str, Any]
     external_ids: list[str]
+    # When the customer became known, if before now: the time of the event that named them
+    # (a prospect created by ingestion). It is the time of the published contact.created.
+    known_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,10 @@ class ContactService:
             )
             for i in items
         ]
-        envelopes = [self._envelope(e, e.contact_id, now) for e in events]
+        envelopes = [
+            self._envelope(e, e.contact_id, min(i.known_since or now, now))
+            for i, e in zip(items, events, strict=True)
+        ]
         await self.store.append_many(
             conn,
             [
