@@ -22,11 +22,16 @@ then measures:
    message on `crm.scores` once its relay published them all;
 5. peak RSS and CPU of the services, the broker and the bench.
 
-It prints a table and writes JSON to `bench/results/<services>-replay-<UTC timestamp>.json`.
+With `--through contacts` the purchases go through the whole system instead: contacts,
+lifecycle, scoring and notifications run, and every purchase is produced as a shop would
+send it to `crm.inbound` (see `bench/system_replay.py`).
+
+It prints a table and writes JSON to `bench/results/<services>-replay-<UTC timestamp>.json`
+(`system-replay-...` through contacts).
 `--profile` samples the services with py-spy during the replay (and/or rebuild, refit).
 
     .venv/bin/python -m bench.lifecycle_replay [--services lifecycle,scoring] [--limit 20000]
-        [--profile replay,rebuild,refit]
+        [--profile replay,rebuild,refit] [--through contacts]
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ from crm_shared.testing.stack import Stack
 
 NAME = "replay"  # results: <services>-replay-<stamp>.json, e.g. lifecycle-replay-...
 BASELINE_TOPIC = "bench.baseline"
-SERVICES = ("lifecycle", "scoring")
+SERVICES = ("lifecycle", "scoring", "notifications")
 # The counter that says a service folded a customer event: its customer-events consumer's.
 FOLDED = {"lifecycle": "lifecycle.consumed", "scoring": "scoring.consumed"}
 OF_CUSTOMER_EVENTS = 'consumer="customer-events"'
@@ -107,8 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--services",
-        default="lifecycle",
-        help="services to run and measure, comma-separated: lifecycle, scoring or both",
+        help="services to run and measure, comma-separated: lifecycle, scoring or both "
+        "(default lifecycle; through contacts: lifecycle,scoring,notifications)",
+    )
+    p.add_argument(
+        "--through",
+        choices=("customer-events", "contacts"),
+        default="customer-events",
+        help="customer-events: canonical events straight to crm.customer-events; contacts: "
+        "raw events to crm.inbound, through contacts (the whole system)",
     )
     p.add_argument("--master", type=Path, help="CDNOW_master.txt (default: ../shared/data/...)")
     p.add_argument("--limit", type=int, help="replay only the first N purchases (in time order)")
@@ -149,9 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.profile) - {"replay", "rebuild", "refit"}
     if unknown:
         p.error(f"unknown profile phases {sorted(unknown)}")
-    args.services = [x.strip() for x in args.services.split(",") if x.strip()]
-    if not args.services or set(args.services) - set(SERVICES):
-        p.error(f"--services: one or more of {', '.join(SERVICES)}")
+    whole = args.through == "contacts"
+    default = "lifecycle,scoring,notifications" if whole else "lifecycle"
+    args.services = [x.strip() for x in (args.services or default).split(",") if x.strip()]
+    if set(args.services) - set(SERVICES) or not set(args.services) & set(FOLDED):
+        p.error(f"--services: lifecycle and/or scoring, and notifications, of {SERVICES}")
     args.services = [x for x in SERVICES if x in args.services]
     bad = [e for e in args.env if "=" not in e]
     if bad:
@@ -184,18 +198,36 @@ class Run:
         self.args = args
         self.workdir = workdir
         self.events = events
-        self.records = canonical_records(events)
+        self.records = self.records_of(events)
         self.customers = len({e["subject"] for e in events})
         self.first_time = events[0]["time"]
         self.last_time = datetime.fromisoformat(events[-1]["time"])
         self.run_id = uuid.uuid4().hex[:6]
         self.warm_customer = f"bench-warm-{self.run_id}"
         self.services: list[str] = args.services
-        self.folds = [FOLDED[s] for s in self.services]
-        self.result: dict[str, Any] = {"services": self.services}
+        self.folds = [FOLDED[s] for s in self.services if s in FOLDED]
+        self.result: dict[str, Any] = {"services": self.services, "stack": self.stack_services()}
+        # Events each folding service applies: the purchases, and (through contacts) what
+        # contacts adds for every new customer; `_warm_up` may raise it.
+        self.expected = len(self.records)
         self.broker = Broker(log_path=workdir / "logs" / "broker.log")
         self.stack: Stack | None = None
         self.clients: dict[str, httpx.AsyncClient] = {}
+
+    # --- what a subclass may change (bench.system_replay: through contacts) ---
+
+    topic = CUSTOMER_EVENTS
+
+    def records_of(self, events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+        """The Kafka records (key, value) of the events, as sent to `topic`."""
+        return canonical_records(events)
+
+    def stack_services(self) -> list[str]:
+        """Every service the run starts."""
+        return self.services
+
+    async def settle(self) -> None:
+        """After the replay: wait for what else the system does with the purchases."""
 
     # --- the run ---
 
@@ -211,7 +243,7 @@ class Run:
             env = dict(SCORING_ENV) if "scoring" in self.services else {}
             env |= dict(e.split("=", 1) for e in args.env)
             self.stack = Stack(
-                self.services,
+                self.stack_services(),
                 bootstrap=self.broker.bootstrap,
                 data_dir=self.workdir,
                 env={
@@ -234,7 +266,7 @@ class Run:
     async def _measure(self) -> None:
         assert self.stack is not None
         async with contextlib.AsyncExitStack() as clients:
-            for name in self.services:
+            for name in self.stack_services():
                 self.clients[name] = await clients.enter_async_context(
                     httpx.AsyncClient(
                         base_url=self.stack.url(name),
@@ -246,7 +278,9 @@ class Run:
             lifecycle, scoring = self.clients.get("lifecycle"), self.clients.get("scoring")
             watcher = Watcher(None, None, more=self._consumers(), sample=self.folds)
             self.result["warm_up"] = await self._warm_up(watcher)
-            await self._phase("replay", self._replay(watcher), self.services)
+            await self._phase("replay", self._replay(watcher), self.stack_services())
+            self.result["memory_after_replay"] = memory_mib(self._pids())
+            await self.settle()
             if lifecycle is not None:
                 await self._lifecycle(lifecycle, scoring)
             if scoring is not None:
@@ -365,14 +399,14 @@ class Run:
         day = datetime.fromisoformat(self.first_time).date()
         event = cdnow.purchase_event(cdnow.Purchase(self.warm_customer, day, 1, Decimal(0)), 1)
         targets = dict.fromkeys(self.folds, 1)
-        if len(self.services) > 1:
+        if {"lifecycle", "scoring"} <= set(self.services):
             targets["scoring.lifecycle"] = 1
         await watcher.snapshot()
         started = time.perf_counter()
         producer = phases.raw_producer(self.broker.bootstrap, self.args.linger_ms)
         await producer.start()
         try:
-            await phases.produce_all(producer, CUSTOMER_EVENTS, canonical_records([event]), HEADERS)
+            await phases.produce_all(producer, self.topic, self.records_of([event]), HEADERS)
         finally:
             await producer.stop()
         progress = await watcher.until(targets, started, started + within)
@@ -393,7 +427,7 @@ class Run:
         producer = phases.raw_producer(self.broker.bootstrap, self.args.linger_ms)
         await producer.start()
         try:
-            await producer.partitions_for(CUSTOMER_EVENTS)  # metadata before the clock starts
+            await producer.partitions_for(self.topic)  # metadata before the clock starts
             await watcher.snapshot()
             consumers = {
                 k.removesuffix(".consumed").replace(".", "_"): v
@@ -404,11 +438,11 @@ class Run:
             meter = CpuMeter(self._pids())
             meter.start()
             started = time.perf_counter()
-            targets = dict.fromkeys(self.folds, n)
+            targets = dict.fromkeys(self.folds, self.expected)
             watch = asyncio.create_task(watcher.until(targets, started, started + within))
             try:
                 await asyncio.wait_for(
-                    phases.produce_all(producer, CUSTOMER_EVENTS, self.records, HEADERS), within
+                    phases.produce_all(producer, self.topic, self.records, HEADERS), within
                 )
             except BaseException:
                 watch.cancel()
@@ -434,12 +468,15 @@ class Run:
 
         folds = {
             service: fold(progress.reached.get(key), progress.last.get(key, 0.0))
-            for service, key in zip(self.services, self.folds, strict=True)
+            for service, key in FOLDED.items()
+            if key in self.folds
         }
         times = [f["seconds"] for f in folds.values()]
         return {
             "events": n,
             "customers": self.customers,
+            "topic": self.topic,
+            "expected_per_service": self.expected,
             # All services, as lifecycle's alone before `--services`: until the last folded.
             **fold(
                 None if None in times else max(times),
@@ -660,11 +697,12 @@ class Run:
 def print_report(result: dict[str, Any]) -> None:
     s = result.get("settings", {})
     services = result.get("services") or ["lifecycle"]
+    stack = result.get("stack") or services
     replay = result.get("replay") or {}
     base = result.get("baseline") or {}
     produce, consume = base.get("produce") or {}, base.get("consume") or {}
     print(
-        f"\n{' + '.join(services)} replay of CDNOW ({result.get('machine', {}).get('cpus')} "
+        f"\n{' + '.join(stack)} replay of CDNOW ({result.get('machine', {}).get('cpus')} "
         f"CPUs): {num(replay.get('events') or result.get('events'))} purchases of "
         f"{num(replay.get('customers') or result.get('customers'))} customers, "
         f"{s.get('partitions')} partitions, CRM_CLOCK=event-time, fetch wait "
@@ -696,7 +734,7 @@ def print_report(result: dict[str, Any]) -> None:
     folds = replay.get("folds") or {}
     if replay:
         row(
-            "replay: produce to crm.customer-events",
+            f"replay: produce to {replay.get('topic', CUSTOMER_EVENTS)}",
             replay["events"],
             replay["produce_seconds"],
             replay["produce_rate"],
@@ -705,13 +743,14 @@ def print_report(result: dict[str, Any]) -> None:
         ratio = fold.get("vs_raw_consume")
         row(
             f"replay: first send -> {service} folded all",
-            replay["events"],
+            replay.get("expected_per_service", replay["events"]),
             fold["seconds"],
             fold["rate"],
             f"{100 * ratio:.1f}%" if ratio else "-",
         )
         if not fold["complete"]:
-            lines.append(f"  !! {service} applied only {fold['applied']} of {replay['events']}")
+            expected = replay.get("expected_per_service", replay["events"])
+            lines.append(f"  !! {service} applied only {fold['applied']} of {expected}")
     rebuild, refit = result.get("rebuild"), result.get("refit") or {}
     if rebuild:
         row(
@@ -733,13 +772,23 @@ def print_report(result: dict[str, Any]) -> None:
     if replay:
         seconds = replay.get("seconds")
         verdict = "-" if seconds is None else ("under" if seconds < TARGET_SECONDS else "over")
+        alone = "through the whole system" if "contacts" in stack else f"{' + '.join(stack)} alone"
         milestones.append(
-            f"  full CDNOW replay, {' + '.join(services)} alone: {num(seconds, 2)} s ({verdict} "
-            f"the {TARGET_SECONDS:g} s target for the whole system)"
+            f"  full CDNOW replay, {alone}: {num(seconds, 2)} s until "
+            f"{' and '.join(folds)} folded every purchase ({verdict} the {TARGET_SECONDS:g} s "
+            "target for the whole system)"
         )
+        settle = result.get("settle")
+        if settle:
+            milestones.append(
+                f"  everything settled (relays drained, scoring took in every transition, "
+                f"notifications every message): {num(settle.get('seconds'), 2)} s "
+                f"({'complete' if settle['complete'] else 'INCOMPLETE'})"
+            )
+        expected = replay.get("expected_per_service", replay["events"])
         for column, service in enumerate(folds, start=1):
             timeline = [(row[0], row[column]) for row in replay.get("timeline") or []]
-            done = next((i for i, (_, n) in enumerate(timeline) if n >= replay["events"]), None)
+            done = next((i for i, (_, n) in enumerate(timeline) if n >= expected), None)
             milestones.append(
                 f"  {service}: {_window_rates(timeline[: None if done is None else done + 1])}"
             )
@@ -760,7 +809,7 @@ def print_report(result: dict[str, Any]) -> None:
             f"({'complete' if caught_up['complete'] else 'INCOMPLETE'})"
         )
     server = replay.get("server") or {}
-    for name in ("lifecycle", "scoring", "scoring_lifecycle"):
+    for name in ("contacts_inbound", "lifecycle", "scoring", "scoring_lifecycle", "notifications"):
         if server.get(f"{name}_batches"):
             milestones.append(
                 f"  {name.replace('_', ' on crm.')}: {server[f'{name}_batches']} batches of "
@@ -771,7 +820,7 @@ def print_report(result: dict[str, Any]) -> None:
     sections.append(("stages", _stage_lines(result)))
     sections.append(("database (lifecycle.db)", _database_lines(result)))
     sections.append(("scoring", _scoring_lines(result)))
-    processes = (*services, "broker", "bench")
+    processes = (*stack, "broker", "bench")
     sections.append(
         (
             "CPU per phase",
@@ -787,7 +836,7 @@ def print_report(result: dict[str, Any]) -> None:
             ),
         )
     )
-    memory = memory_lines(result, processes)
+    memory = memory_lines(result, processes, earlier="memory_after_replay")
     after = (result.get("memory_after_baseline") or {}).get("broker")
     if after:
         memory.append(f"  (broker after the baseline, before the services: {after['rss_mib']} MiB)")
@@ -829,6 +878,9 @@ def _stage_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"  {label:<26}{cells}{num(sum(counts.values())):>10}")
 
     row("after the replay", summary["counts"])
+    at_last = summary.get("at_last_purchase")
+    if at_last:
+        row(f"as of {at_last['as_of'][:10]}", at_last["counts"])
     row("after the rebuild", (after or {}).get("counts"))
     row("reference (README policy)", reference)
     as_of_ok = "ok" if summary["as_of_ok"] else "expected " + summary["as_of_expected"]
@@ -840,6 +892,8 @@ def _stage_lines(result: dict[str, Any]) -> list[str]:
     checks = []
     if summary.get("matches_reference") is not None:
         checks.append(f"matches reference: {summary['matches_reference']}")
+    if at_last and at_last.get("matches_reference") is not None:
+        checks.append(f"as of the last purchase: {at_last['matches_reference']}")
     rebuild = result.get("rebuild")
     if rebuild:
         checks.append(f"unchanged by rebuild: {rebuild['summary_unchanged']}")
@@ -942,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    name = "-".join([*args.services, NAME])
+    name = "system-replay" if args.through == "contacts" else "-".join([*args.services, NAME])
     events = load_events(args)
     workdir = Path(tempfile.mkdtemp(prefix=f"crm-bench-{name}-"))
     result: dict[str, Any] = {
@@ -955,6 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
         "customers": len({e["subject"] for e in events}),
     }
     run = Run(args, workdir, events)
+    if args.through == "contacts":
+        from bench.system_replay import SystemRun  # it builds on this module
+
+        run = SystemRun(args, workdir, events)
     result = runinfo.run_to_end(
         run.execute(), lambda: run.result, result, workdir=workdir, keep_data=args.keep_data
     )
