@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_shared.app.asyncapi import asyncapi_router
@@ -132,10 +133,17 @@ def _problem_responses(operation: dict[str, Any]) -> None:
     if operation.get("requestBody"):
         responses.setdefault("400", {"description": "the body cannot be read"})
     for status, response in responses.items():
-        if status[0] in "45":
+        if status[0] in "45" and not _own_body(response):
             response["content"] = {
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
             }
+
+
+def _own_body(response: dict[str, Any]) -> bool:
+    """An error response documented with a model of its own (readiness' 503), which is
+    what it serves; FastAPI's default validation error is not what a 422 serves."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return bool(schema) and schema != {"$ref": "#/components/schemas/HTTPValidationError"}
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -145,6 +153,11 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description='"ok", or why a dependency is not usable')
 
 
 def _operations_router() -> APIRouter:
@@ -157,7 +170,10 @@ def _operations_router() -> APIRouter:
     @router.get(
         "/readyz",
         summary="Readiness: database and broker reachable",
-        responses={503: {"description": "a dependency is not reachable"}},
+        responses={
+            200: {"model": Readiness},
+            503: {"model": Readiness, "description": "a dependency is not reachable"},
+        },
     )
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks = await runtime.readiness()
