@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+import httpx
 import pytest
+
+from tests.support.auth import auth_headers
 
 SERVICES = ["contacts", "lifecycle", "scoring", "notifications"]
 
@@ -32,3 +35,24 @@ def test_operations_taking_input_document_invalid_input() -> None:
     create = app.openapi()["paths"]["/v1/contacts"]["post"]
     assert {"400", "409", "422"} <= set(create["responses"])
     assert create["requestBody"]["content"]["application/json"]["schema"]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "allow"),
+    [
+        ("contacts", "DELETE", "/v1/contacts", "GET, POST"),
+        ("contacts", "PUT", "/v1/contacts/c-1", "GET, PATCH"),
+        # The literal path, not the model-version template that also matches it.
+        ("scoring", "DELETE", "/v1/models/refit", "POST"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_path_in_allow(
+    service: str, method: str, path: str, allow: str
+) -> None:
+    app = importlib.import_module(f"{service}.bootstrap").create_app()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(method, path, headers=auth_headers())
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.headers["content-type"] == "application/problem+json"

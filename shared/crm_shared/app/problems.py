@@ -10,7 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -60,7 +62,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem_response(request, Problem(exc.status_code, detail, headers=exc.headers))
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem_response(request, Problem(exc.status_code, detail, headers=headers))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -79,6 +84,25 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of the path a 405 answers (Starlette's names those of one route only).
+    A literal path wins over a template that also matches it: `/v1/models/refit` is the
+    refit, not a model named "refit"."""
+    matching = [
+        route
+        for route in iter_route_contexts(request.app.routes)
+        if route.methods and route.matches(request.scope)[0] is not Match.NONE
+    ]
+    fewest = min((len(route.param_convertors) for route in matching), default=0)
+    methods = {
+        method
+        for route in matching
+        if len(route.param_convertors) == fewest
+        for method in route.methods or ()
+    }
+    return sorted(methods)
 
 
 def _field_error(error: Any) -> dict[str, str]:
