@@ -146,7 +146,11 @@ async def refit(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-@router.post("/admin/replay", dependencies=[requires("scores:admin")])
+@router.post(
+    "/admin/replay",
+    dependencies=[requires("scores:admin")],
+    responses={409: {"description": "no fitted model yet: refit first"}},
+)
 async def replay(body: ReplayRequest, request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     """Score everyone with changed tier cut-offs or risk weights and compare with the
     current scores; nothing is written or published."""
