@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -13,7 +14,9 @@ from contacts.handlers.ingest import Ingestor, Outcome
 from contacts.settings import ContactsSettings
 from crm_shared.app.auth import requires
 from crm_shared.app.problems import Problem
+from crm_shared.events import CATALOG
 from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
+from crm_shared.events.registry import OPEN_NAME
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -66,25 +69,46 @@ EXAMPLE_LOGIN: dict[str, Any] = {
     "data": {"kind": "login", "channel": "ios"},
 }
 
+
+def _incoming_event() -> dict[str, Any]:
+    """The envelope as this endpoint takes it: a type the catalog knows, and subject, time
+    and an object `data` required (its fields depend on the type: GET /v1/schemas)."""
+    schema = CloudEvent.model_json_schema()
+    fields = schema["properties"]
+    names = list(CATALOG.json_schemas())
+    known = [{"enum": [n for n in names if not n.endswith("*")]}]
+    open_types = [
+        {"pattern": f"^{re.escape(n[:-1])}{OPEN_NAME.pattern[1:]}"} for n in names if n[-1] == "*"
+    ]
+    fields["specversion"] = {**fields["specversion"], "enum": ["1.0"]}
+    fields["type"] = {**fields["type"], "anyOf": known + open_types}
+    fields["subject"] = fields["subject"]["anyOf"][0]
+    fields["time"] = fields["time"]["anyOf"][0]
+    fields["data"] = {"type": "object", "description": "the payload its type describes"}
+    schema["required"] = [*schema["required"], "subject", "time", "data"]
+    return schema
+
+
+EVENT = _incoming_event()
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/cloudevents+json": {
-                "schema": CloudEvent.model_json_schema(),
+                "schema": EVENT,
                 "example": EXAMPLE_EVENT,
             },
             "application/json": {
                 "schema": {
                     "oneOf": [
-                        CloudEvent.model_json_schema(),
-                        {"type": "array", "items": CloudEvent.model_json_schema()},
+                        EVENT,
+                        {"type": "array", "items": EVENT, "minItems": 1},
                     ]
                 },
                 "example": EXAMPLE_EVENT,
             },
             BATCH_CONTENT_TYPE: {
-                "schema": {"type": "array", "items": CloudEvent.model_json_schema()},
+                "schema": {"type": "array", "items": EVENT, "minItems": 1},
                 "example": [EXAMPLE_EVENT, EXAMPLE_LOGIN],
             },
         },
