@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contacts.domain.contact import Contact
-from contacts.domain.profile import Profile
+from contacts.domain.profile import ATTRIBUTE_KEY, LOCALE, TAG, Profile
 
 EXAMPLE_CONTACT: dict[str, Any] = {
     "first_name": "Ada",
@@ -28,12 +28,21 @@ EXAMPLE_CONTACT: dict[str, Any] = {
 }
 
 
+def _document_profile(schema: dict[str, Any]) -> None:
+    """The profile's rules a pattern states. Emails, phones, time zones and countries are
+    checked against real data (syntax, numbering plans, IANA zones, ISO codes)."""
+    schema["examples"] = [EXAMPLE_CONTACT]
+    fields = schema["properties"]
+    fields["attributes"]["propertyNames"] = {"pattern": ATTRIBUTE_KEY.pattern}
+    fields["tags"]["items"]["pattern"] = TAG.pattern
+    fields["locale"]["anyOf"][0]["pattern"] = LOCALE.pattern
+    fields["external_ids"]["items"].update(pattern="^[^:]+:.+", maxLength=200)  # system:id
+
+
 class ContactCreate(Profile):
     """A new contact: any profile fields, and ids it has in other systems (`system:id`)."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", json_schema_extra={"examples": [EXAMPLE_CONTACT]}
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_document_profile)
 
     external_ids: list[str] = Field(default_factory=list, max_length=20)
 
