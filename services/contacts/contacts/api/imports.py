@@ -91,7 +91,7 @@ async def import_contacts(
     try:
         summary = await importer.run(lambda: io.StringIO(text), dry_run=dry_run, actor=actor)
     except ImportFileError as exc:
-        problem = Problem(422, exc.reason, title="File not importable")
+        problem = Problem(422, exc.reason, title="File not importable", field="file")
         if exc.unknown_columns:
             problem.extensions["unknown_columns"] = exc.unknown_columns
         raise problem from None
@@ -124,7 +124,7 @@ def _decode_body(content_type: str, body: bytes) -> str:
     try:
         return decode(data)
     except ImportFileError as exc:
-        raise Problem(422, exc.reason, title="File not importable") from None
+        raise Problem(422, exc.reason, title="File not importable", field="file") from None
 
 
 def _form_file(content_type: str, body: bytes) -> bytes:
