@@ -12,7 +12,12 @@ router = APIRouter(prefix="/v1/admin", tags=["operations"])
 
 
 class RepublishRequest(BaseModel):
-    from_id: int = Field(default=1, ge=1, description="the first outbox message id to send again")
+    from_id: int = Field(
+        default=1,
+        ge=1,
+        le=2**53 - 1,  # exact in every JSON reader, and fits the database's integers
+        description="the first outbox message id to send again",
+    )
 
 
 class RepublishResult(BaseModel):
