@@ -128,9 +128,18 @@ def test_the_next_due_time_is_when_silence_would_move_the_customer() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"churn_min_days": 60}, {"churn_factor": 1}, {"active_after_purchases": 1}, {"colour": "red"}],
+    [
+        {"churn_min_days": 60},
+        {"churn_factor": 1},
+        {"active_after_purchases": 1},
+        {"colour": "red"},
+        {"churn_factor": 44_444_445},  # due dates past any calendar
+        {"churn_min_days": 40_000},
+    ],
 )
-def test_a_policy_whose_churn_comes_before_dormancy_is_refused(bad: dict[str, object]) -> None:
+def test_a_policy_with_churn_before_dormancy_or_a_value_out_of_bounds_is_refused(
+    bad: dict[str, object],
+) -> None:
     with pytest.raises(ValueError):
         Policy.model_validate(bad)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_VERSION = "default-1"
+MAX_DAYS = 36_500
+MAX_FACTOR = 100
 
 
 class Policy(BaseModel):
@@ -20,10 +22,11 @@ class Policy(BaseModel):
 
     version: str = Field(default=DEFAULT_VERSION, min_length=1, max_length=50)
     active_after_purchases: int = Field(default=2, ge=2, le=100)
-    dormant_min_days: float = Field(default=90, gt=0)
-    dormant_factor: float = Field(default=3.0, ge=0)
-    churn_min_days: float = Field(default=180, gt=0)
-    churn_factor: float = Field(default=6.0, ge=0)
+    # Bounded so that a due time stays a date: a century of silence, a hundred mean gaps.
+    dormant_min_days: float = Field(default=90, gt=0, le=MAX_DAYS)
+    dormant_factor: float = Field(default=3.0, ge=0, le=MAX_FACTOR)
+    churn_min_days: float = Field(default=180, gt=0, le=MAX_DAYS)
+    churn_factor: float = Field(default=6.0, ge=0, le=MAX_FACTOR)
     purchase_types: tuple[str, ...] = ("crm.purchase.completed.v1",)
     churn_types: tuple[str, ...] = ("crm.subscription.cancelled.v1",)
 
