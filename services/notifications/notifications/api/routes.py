@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from crm_shared.app.auth import public, requires
@@ -71,11 +71,14 @@ async def get_rule(rule_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {"rule": rule.model_dump(mode="json"), "versions": versions}
 
 
+NewRuleId = Annotated[
+    str, Path(pattern=r"^[\w-]{1,100}$", description="letters, digits, - and _ (at most 100)")
+]
+
+
 @router.put("/rules/{rule_id}", dependencies=[ADMIN], response_model=Rule)
-async def put_rule(rule_id: str, body: RuleBody, runtime: RuntimeDep) -> Rule:
+async def put_rule(rule_id: NewRuleId, body: RuleBody, runtime: RuntimeDep) -> Rule:
     """Create a rule or make a new version of it; deliveries name the version they used."""
-    if not rule_id.replace("_", "").replace("-", "").isalnum() or len(rule_id) > 100:
-        raise Problem(422, "rule id: letters, digits, - and _ only", field="rule_id")
     async with runtime.db.transaction() as conn:
         if await outreach.get_template(conn, body.action.template) is None:
             raise Problem(
