@@ -14,8 +14,19 @@ TriggerKind = Literal["stage_entered", "stage_left", "risk_band", "tier", "event
 ChannelName = Literal["email", "sms", "push", "webhook", "log"]
 
 
+def _document_needs(schema: dict[str, Any]) -> None:
+    """State NEEDS in the JSON schema too, so clients (and fuzzers) see the rule."""
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+            "then": {"properties": {field: {"not": {"type": "null"}}}, "required": [field]},
+        }
+        for kind, field in NEEDS.items()
+    ]
+
+
 class Trigger(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_document_needs)
 
     kind: TriggerKind
     stage: str | None = None  # stage_entered / stage_left
