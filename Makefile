@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults lint migrate bench bench-lifecycle bench-scoring clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -33,6 +33,7 @@ help:
 	@echo "make test               the whole test suite (SQLite, embedded broker)"
 	@echo "make test-postgres      storage tests on PostgreSQL (CRM_TEST_POSTGRES_URL)"
 	@echo "make test-faults        SIGKILL each service and SIGSTOP the broker mid-stream"
+	@echo "make test-fuzz          schemathesis against every service's OpenAPI (about 2 minutes)"
 	@echo "make lint               ruff check, format check and mypy --strict"
 	@echo "make migrate            apply every service's migrations to its database"
 	@echo "make bench              throughput, latency and memory of contacts + lifecycle on a"
@@ -72,6 +73,10 @@ test-postgres: install
 # Kills each service and freezes the broker while 100,000 events stream in (a few minutes).
 test-faults: install
 	uv run pytest -q -m faults --timeout 900 tests/faults
+
+# Generated requests against every operation of every service, in-process (1-2 minutes).
+test-fuzz: install
+	uv run pytest -q -m fuzz tests/fuzz
 
 lint: install
 	uv run ruff check . && uv run ruff format --check . && uv run mypy
