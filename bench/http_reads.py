@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="concurrent connections")
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per target")
     p.add_argument("--warmup", type=float, default=2.0, help="not counted, before each target")
-    p.add_argument("--rounds", type=int, default=1, help="times every target is measured")
+    p.add_argument("--rounds", type=int, default=2, help="times every target is measured")
     p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset")
     p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     p.add_argument("--load-timeout", type=float, default=600.0, help="deadline of the load (s)")
