@@ -28,7 +28,6 @@ It prints a table and writes JSON to `bench/results/http-reads-<UTC timestamp>.j
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import signal
@@ -47,7 +46,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make `bench` im
 import httpx
 
 from bench import closedloop, phases, profiling, runinfo
-from bench.observe import CpuMeter, Watcher, memory_mib
+from bench.observe import CpuMeter, Watcher, memory_mib, wait_idle
 from bench.rawhttp import RawHttp
 from bench.report import cpu_table, memory_lines, num, profile_lines
 from bench.workload import http_batches, purchase
@@ -74,7 +73,6 @@ REPO = Path(__file__).resolve().parents[1]
 # BG/NBD (weeks) and Gamma-Gamma parameters published for CDNOW: scoring's prior model.
 PRIOR = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "p": 6.25, "q": 3.74, "gamma": 15.44}
 MAX_PURCHASES = 50
-IDLE_CORE_PCT = 5.0  # a process using less than this of a core counts as idle
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -289,17 +287,7 @@ class Run:
         }
 
     async def _settle(self, within: float) -> float:
-        """Wait until every service uses less than IDLE_CORE_PCT of a core over a second
-        (relays, rescoring and consumers done); the seconds it took."""
-        started = time.perf_counter()
-        pids = {n: p for n, p in self._pids().items() if n in SERVICES}
-        while time.perf_counter() - started < within:
-            meter = CpuMeter(pids)
-            meter.start()
-            await asyncio.sleep(1.0)
-            if all(c["core_pct"] < IDLE_CORE_PCT for c in meter.stop().values()):
-                break
-        return round(time.perf_counter() - started, 1)
+        return await wait_idle({n: p for n, p in self._pids().items() if n in SERVICES}, within)
 
     # --- reads ---
 

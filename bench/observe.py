@@ -233,8 +233,9 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmHWM (peak resident set) and VmRSS of a process, in KiB."""
+def memory_kib(pid: int, keys: Sequence[str] = ("VmHWM", "VmRSS")) -> dict[str, int]:
+    """VmHWM (peak resident set) and VmRSS of a process (or other `keys` of its
+    /proc/<pid>/status, e.g. RssAnon, RssFile), in KiB."""
     out: dict[str, int] = {}
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -242,7 +243,7 @@ def memory_kib(pid: int) -> dict[str, int]:
         return out
     for line in lines:
         key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
+        if key in keys:
             out[key] = int(value.split()[0])
     return out
 
@@ -278,6 +279,24 @@ class CpuMeter:
                 used = after - before
                 out[name] = {"cpu_s": round(used, 2), "core_pct": round(100 * used / wall, 1)}
         return out
+
+
+# Idle services still poll the broker (fetch wait 20 ms by default) and their outbox: 4-7%
+# of a core each on these machines. Above this, a service is still working.
+IDLE_CORE_PCT = 15.0
+
+
+async def wait_idle(pids: Mapping[str, int], within: float) -> float:
+    """Until every process used less than IDLE_CORE_PCT of a core over one second (relays,
+    consumers, rescoring done), at most `within` seconds; the seconds it took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < within:
+        meter = CpuMeter(pids)
+        meter.start()
+        await asyncio.sleep(1.0)
+        if all(c["core_pct"] < IDLE_CORE_PCT for c in meter.stop().values()):
+            break
+    return round(time.perf_counter() - started, 1)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
