@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scoring.domain.clv import Horizon
-from scoring.domain.model import fit, prior, quintile, score, tier_of
+from scoring.domain.model import fit, prior, quintile, score, score_many, tier_of
 from scoring.domain.risk import RiskWeights
 from scoring.domain.stats import CustomerStats, apply
 from tests.support.cdnow import load_sample
@@ -71,6 +71,27 @@ def test_a_customers_score_names_its_model_and_explains_itself(
     assert result["rfm_segment"] is not None
     later = score(best, model, CALIBRATION_END + timedelta(days=300), RiskWeights())
     assert later["p_alive"] < result["p_alive"]  # silence lowers P(alive)
+
+
+def test_a_batch_scores_each_customer_as_they_are_scored_alone(
+    calibration: list[CustomerStats],
+) -> None:
+    model = fit(
+        calibration, CALIBRATION_END, version="m1", tiers=TIERS, lowest_tier="D", horizon=Horizon()
+    )
+    never_bought = CustomerStats("c0", first_seen=CALIBRATION_END)
+    population = [never_bought, *calibration]
+    batch = score_many(population, model, CALIBRATION_END, RiskWeights())
+    alone = [score(s, model, CALIBRATION_END, RiskWeights()) for s in population]
+    assert [r["customer_id"] for r in batch] == [s.customer_id for s in population]
+    for together, single in zip(batch, alone, strict=True):
+        # numpy may round the last bit differently over an array than over one value.
+        numbers = ("p_alive", "clv", "expected_purchases_90d", "expected_purchases_365d")
+        assert {k: together[k] for k in numbers} == pytest.approx(
+            {k: single[k] for k in numbers}, rel=1e-12
+        )
+        others = [k for k in single if k not in numbers]
+        assert {k: together[k] for k in others} == {k: single[k] for k in others}
 
 
 def test_before_any_fit_the_prior_scores_without_tiers_or_rfm() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -177,30 +178,67 @@ def score(
     stats: CustomerStats, model: ScoringModel, now: datetime, weights: RiskWeights
 ) -> dict[str, Any]:
     """One customer's scores and the explanation of each, under `model`."""
-    x, t_x, T, m_x = observed(stats, now)
+    return score_many([stats], model, now, weights)[0]
+
+
+def score_many(
+    population: Sequence[CustomerStats], model: ScoringModel, now: datetime, weights: RiskWeights
+) -> list[dict[str, Any]]:
+    """`score` of each customer, the models evaluated once over all of them: a consumed
+    batch scores hundreds of customers, and numpy's cost is per call, not per customer."""
+    if not population:
+        return []
+    observations = [observed(s, now) for s in population]
+    x, t_x, T, m_x = (np.array(c, dtype=np.float64) for c in zip(*observations, strict=True))
     transactions, spend = model.transactions(), model.spend()
-    p_alive = float(transactions_model.p_alive(transactions, x, t_x, T))
-    expected = {
-        days: float(transactions_model.expected_purchases(transactions, days / 7, x, t_x, T))
-        for days in (90, 365)
-    }
-    expected_spend = float(spend_model.expected_spend(spend, x, m_x))
-    clv = float(customer_lifetime_value(transactions, spend, x, t_x, T, m_x, model.horizon()))
-    risk, band, parts = churn_risk(stats, p_alive, now, weights)
-    rfm = _rfm(stats, model, now)
-    tier = tier_of(model, clv)
+    values = zip(
+        transactions_model.p_alive(transactions, x, t_x, T).tolist(),
+        transactions_model.expected_purchases(transactions, 90 / 7, x, t_x, T).tolist(),
+        transactions_model.expected_purchases(transactions, 365 / 7, x, t_x, T).tolist(),
+        spend_model.expected_spend(spend, x, m_x).tolist(),
+        customer_lifetime_value(transactions, spend, x, t_x, T, m_x, model.horizon()).tolist(),
+        strict=True,
+    )
+    return [
+        _scored(stats, seen, Predicted(*predicted), model, now, weights)
+        for stats, seen, predicted in zip(population, observations, values, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Predicted:
+    """What the models predict for one customer."""
+
+    p_alive: float
+    purchases_90d: float
+    purchases_365d: float
+    spend: float
+    clv: float
+
+
+def _scored(
+    stats: CustomerStats,
+    seen: tuple[float, float, float, float],
+    predicted: Predicted,
+    model: ScoringModel,
+    now: datetime,
+    weights: RiskWeights,
+) -> dict[str, Any]:
+    x, t_x, T, m_x = seen
+    clv = predicted.clv
+    risk, band, parts = churn_risk(stats, predicted.p_alive, now, weights)
     return {
         "customer_id": stats.customer_id,
         "model_version": model.version,
         "computed_at": now,
-        "p_alive": _finite(p_alive),
-        "expected_purchases_90d": _finite(expected[90]),
-        "expected_purchases_365d": _finite(expected[365]),
+        "p_alive": _finite(predicted.p_alive),
+        "expected_purchases_90d": _finite(predicted.purchases_90d),
+        "expected_purchases_365d": _finite(predicted.purchases_365d),
         "clv": _finite(clv),
         "churn_risk": risk,
         "risk_band": band,
-        "tier": tier,
-        **rfm,
+        "tier": tier_of(model, clv),
+        **_rfm(stats, model, now),
         "stage": stats.stage,
         "explanation": {
             "churn_risk": [
@@ -212,8 +250,8 @@ def score(
                 "t_x_weeks": round(t_x, 3),
                 "T_weeks": round(T, 3),
                 "m_x": round(m_x, 2),
-                "expected_spend": round(expected_spend, 2),
-                "expected_purchases_365d": round(expected[365], 4),
+                "expected_spend": round(predicted.spend, 2),
+                "expected_purchases_365d": round(predicted.purchases_365d, 4),
                 "horizon_periods": model.horizon_periods,
                 "discount_rate": model.discount_rate,
             },

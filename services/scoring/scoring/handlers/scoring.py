@@ -20,7 +20,7 @@ from crm_shared.store.outbox import Outbox, OutgoingMessage
 from crm_shared.tracecontext import TraceContext
 from scoring.domain.bgnbd import FitError
 from scoring.domain.clv import Horizon
-from scoring.domain.model import ScoringModel, fit, prior, score
+from scoring.domain.model import ScoringModel, fit, prior, score_many
 from scoring.domain.stats import CustomerStats, apply, merged
 from scoring.settings import ScoringSettings
 from scoring.store import scores, stats
@@ -86,7 +86,7 @@ class Scoring:
         now = self.now()
         model = await scores.active_model(conn) or prior(now)
         current = await stats.load(conn, wanted)
-        rows = [score(s, model, now, self.settings.risk_weights) for s in current.values()]
+        rows = score_many(list(current.values()), model, now, self.settings.risk_weights)
         await scores.save(conn, rows)
         return await self._publish(conn, rows, now, causes or Causes()) if publish else 0
 

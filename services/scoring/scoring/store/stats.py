@@ -31,9 +31,9 @@ async def load(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, CustomerS
 
 
 async def save(conn: AsyncConnection, stats: Sequence[CustomerStats], now: datetime) -> None:
-    await upsert(
-        conn, customer_stats, [{**asdict(s), "updated_at": now} for s in stats], key=["customer_id"]
-    )
+    # Every field is an immutable scalar: read them as they are (`asdict` deep-copies each).
+    rows = [{**{name: getattr(s, name) for name in FIELDS}, "updated_at": now} for s in stats]
+    await upsert(conn, customer_stats, rows, key=["customer_id"])
 
 
 async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
