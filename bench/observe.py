@@ -257,8 +257,21 @@ def memory_mib(pids: Mapping[str, int]) -> dict[str, dict[str, float]]:
     }
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU time every process of the machine used (all cores, /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    ticks = [int(f) for f in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLOCK_TICKS
+
+
 class CpuMeter:
-    """CPU seconds each process used between `start()` and `stop()`."""
+    """CPU seconds each process used between `start()` and `stop()`; also the whole
+    machine's (`machine`), and what processes not measured used (`others`): the other
+    work on a shared machine that the numbers competed with."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self._pids = dict(pids)
@@ -268,16 +281,23 @@ class CpuMeter:
     def start(self) -> None:
         self._started = time.perf_counter()
         self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._before["machine"] = machine_cpu_seconds()
 
     def stop(self) -> dict[str, dict[str, float]]:
         """Per process: CPU seconds used and that as a percentage of one core."""
         wall = max(time.perf_counter() - self._started, 1e-9)
         out = {}
-        for name, pid in self._pids.items():
-            before, after = self._before.get(name), cpu_seconds(pid)
+        used_by = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        used_by["machine"] = machine_cpu_seconds()
+        for name, after in used_by.items():
+            before = self._before.get(name)
             if before is not None and after is not None:
                 used = after - before
                 out[name] = {"cpu_s": round(used, 2), "core_pct": round(100 * used / wall, 1)}
+        if "machine" in out:
+            ours = sum(v["cpu_s"] for k, v in out.items() if k != "machine")
+            others = max(0.0, out["machine"]["cpu_s"] - ours)
+            out["others"] = {"cpu_s": round(others, 2), "core_pct": round(100 * others / wall, 1)}
         return out
 
 

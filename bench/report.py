@@ -198,10 +198,12 @@ def cpu_table(
     rows: Sequence[tuple[str, dict[str, Any] | None]], processes: Sequence[str]
 ) -> list[str]:
     """% of one core each process used, a row per (label, CpuMeter.stop() result)."""
-    lines = [f"  {'% of one core':<20}" + "".join(f"{p:>11}" for p in processes)]
+    # `others`: the rest of the machine (other work on a shared machine, py-spy).
+    columns = [*processes, "others"]
+    lines = [f"  {'% of one core':<20}" + "".join(f"{p:>14}" for p in columns)]
     for label, cpu in rows:
         if cpu:
-            cells = "".join(f"{num(cpu.get(p, {}).get('core_pct')):>11}" for p in processes)
+            cells = "".join(f"{num(cpu.get(p, {}).get('core_pct')):>14}" for p in columns)
             lines.append(f"  {label:<20}{cells}")
     return lines
 
