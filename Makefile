@@ -23,7 +23,7 @@ CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -45,6 +45,11 @@ help:
 	@echo "make bench-scoring      scoring alone folding the CDNOW master, refit through its API,"
 	@echo "                        worklist, crm.scores; JSON in bench/results/"
 	@echo "                        (ARGS=\"--services lifecycle,scoring --profile replay,refit\")"
+	@echo "make bench-reads        GET of a contact, a stage, a score at 64 connections against a"
+	@echo "                        minimal FastAPI app in the same run; JSON in bench/results/"
+	@echo "                        (ARGS=\"--profile lifecycle\", see bench/README.md)"
+	@echo "make bench-memory       RSS of every service at 10k and 100k customers, bytes per"
+	@echo "                        customer; JSON in bench/results/ (ARGS=\"--customers 1000000\")"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -99,6 +104,12 @@ bench-lifecycle: install
 
 bench-scoring: install
 	uv run python -m bench.lifecycle_replay --services scoring $(ARGS)
+
+bench-reads: install
+	uv run python -m bench.http_reads $(ARGS)
+
+bench-memory: install
+	uv run python -m bench.memory_scale $(ARGS)
 
 clean:
 	rm -rf var/
