@@ -314,7 +314,8 @@ async def wait_idle(pids: Mapping[str, int], within: float) -> float:
         meter = CpuMeter(pids)
         meter.start()
         await asyncio.sleep(1.0)
-        if all(c["core_pct"] < IDLE_CORE_PCT for c in meter.stop().values()):
+        used = meter.stop()  # also holds the machine's and the others' CPU: not theirs
+        if all(used.get(name, {}).get("core_pct", 0.0) < IDLE_CORE_PCT for name in pids):
             break
     return round(time.perf_counter() - started, 1)
 
