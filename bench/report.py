@@ -158,17 +158,18 @@ def latency_lines(result: dict[str, Any]) -> list[str]:
     seen, ack = lat["post_to_stage_ms"], lat["post_ack_ms"]
     head = (
         f"  {lat['events']} single POSTs at {num(lat['target_rate'])}/s "
-        f"(achieved {num(lat['achieved_send_rate'])}/s), stage polled every "
-        f"{lat['poll_interval_ms']} ms, at most {num(lat.get('max_poll_rate'))} GETs/s "
-        f"({lat['stage_polls']} GETs); visible {lat['visible']}, errors {lat['errors']}"
+        f"(achieved {num(lat['achieved_send_rate'])}/s); every {lat.get('poll_every', 1)}"
+        f" polled every {lat['poll_interval_ms']} ms, at most {num(lat.get('max_poll_rate'))} "
+        f"GETs/s ({lat['stage_polls']} GETs); visible {lat['visible']} of "
+        f"{lat.get('polled', lat['events'])}, errors {lat['errors']}"
     )
     lines = [
         head,
         f"  {'ms (- = never seen)':<28} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8} {'max':>8}",
     ]
     rows = (
-        ("POST -> stage readable", seen),
         ("POST -> lifecycle recorded", lat.get("post_to_recorded_ms")),
+        ("POST -> stage read (polled)", seen),
         ("POST acknowledged", ack),
         ("one stage GET", lat.get("stage_get_ms")),
     )

@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=10.0, help="for how long")
     p.add_argument("--poll-interval-ms", type=float, default=10.0, help="stage poll interval")
     p.add_argument(
+        "--poll-every",
+        type=int,
+        default=5,
+        help="poll the stage of every N-th latency event (all are timed by lifecycle's "
+        "recorded_at)",
+    )
+    p.add_argument(
         "--max-poll-rate", type=float, default=400.0, help="stage GETs per second, at most"
     )
     p.add_argument(
@@ -253,6 +260,7 @@ class Run:
                     poll_interval=args.poll_interval_ms / 1000,
                     max_poll_rate=args.max_poll_rate,
                     within=args.latency_timeout,
+                    poll_every=max(1, args.poll_every),
                 ),
             )
 
