@@ -192,7 +192,26 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
         ("Kafka end to end", (result.get("kafka") or {}).get("cpu")),
         ("latency", (result.get("latency") or {}).get("cpu")),
     ]
-    return cpu_table(rows, PROCESSES)
+    return cpu_table(rows, PROCESSES) + cost_lines(result)
+
+
+def cost_lines(result: dict[str, Any]) -> list[str]:
+    """CPU ms per event of each process in the end-to-end phases: what a target rate needs
+    (2 cores give 2,000 ms a second: 5,000 events/s is 0.4 ms an event, all included)."""
+    lines = []
+    for name, label in (("http", "HTTP"), ("kafka", "Kafka")):
+        phase = result.get(name) or {}
+        cpu, events = phase.get("cpu") or {}, phase.get("events")
+        if not cpu or not events:
+            continue
+        ours = [p for p in PROCESSES if p in cpu]
+        per_event = {p: 1000 * cpu[p]["cpu_s"] / events for p in ours}
+        cells = "".join(
+            f"{per_event[p]:>14.3f}" if p in per_event else f"{'-':>14}" for p in PROCESSES
+        )
+        total = sum(per_event.values())
+        lines.append(f"  {label + ' CPU ms/event':<20}{cells}{'all ' + format(total, '.2f'):>14}")
+    return lines
 
 
 def cpu_table(
