@@ -22,6 +22,8 @@ SINGLE_SERVICE_BOOTSTRAP := $(or $(CRM_KAFKA_BOOTSTRAP),127.0.0.1:9092)
 CRM_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 # Extra arguments for crm-dev, e.g. `make run ARGS="--services lifecycle"`.
 ARGS ?=
+# Extra arguments for the CDNOW replay of `make bench`, e.g. REPLAY_ARGS="--profile replay".
+REPLAY_ARGS ?=
 
 .PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory clean
 
@@ -36,9 +38,12 @@ help:
 	@echo "make test-fuzz          schemathesis against every service's OpenAPI (about 2 minutes)"
 	@echo "make lint               ruff check, format check and mypy --strict"
 	@echo "make migrate            apply every service's migrations to its database"
-	@echo "make bench              throughput, latency and memory of contacts + lifecycle on a"
-	@echo "                        fresh embedded broker; JSON in bench/results/"
-	@echo "                        (ARGS=\"--events 100000 --customers 10000\", see bench/README.md)"
+	@echo "make bench              raw Kafka baseline, throughput (100,000 purchases via HTTP and"
+	@echo "                        crm.inbound until lifecycle and scoring folded them), latency"
+	@echo "                        at 500 POSTs/s, then the CDNOW master through the whole system"
+	@echo "                        (event time); fresh broker each; JSON in bench/results/"
+	@echo "                        (ARGS=\"...\" for bench.throughput, REPLAY_ARGS=\"...\" for the"
+	@echo "                        replay; see bench/README.md)"
 	@echo "make bench-lifecycle    lifecycle alone folding the full CDNOW master (event time),"
 	@echo "                        stage summary, rebuild; JSON in bench/results/"
 	@echo "                        (ARGS=\"--profile replay,rebuild\", see bench/README.md)"
@@ -96,8 +101,10 @@ migrate: install
 	  CRM_DATA_DIR="$(DATA_DIR)" CRM_DATABASE_URL="$$url" uv run crm-$$svc migrate; \
 	done
 
+# The issue's items 1-3 (bench.throughput), then 4 (the CDNOW replay through contacts).
 bench: install
 	uv run python -m bench.throughput $(ARGS)
+	uv run python -m bench.lifecycle_replay --through contacts --no-rebuild $(REPLAY_ARGS)
 
 bench-lifecycle: install
 	uv run python -m bench.lifecycle_replay $(ARGS)
