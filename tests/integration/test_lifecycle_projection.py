@@ -108,6 +108,22 @@ async def test_a_late_purchase_is_published_as_corrections_of_the_history(
     assert [c["to_stage"] for c in await published(app)][-2:] == ["active", "active"]
 
 
+async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_holds_again(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(app, [purchase("c1", day=0), purchase("c1", day=10)])
+    await apply(app, [purchase("c2", day=120)])  # the clock moves on: c1 dormant since day 100
+    assert (await client.get("/v1/customers/c1/stage")).json()["stage"] == "dormant"
+    await apply(app, [purchase("c1", day=95, event_id="late")])
+    # With day 95 the mean gap is 47.5 days: dormant is due at day 237.5, not yet. Consumers
+    # were told "dormant" last, so the transition that holds again is published again.
+    history = (await client.get("/v1/customers/c1/transitions")).json()
+    assert [t["to_stage"] for t in history][-2:] == ["new", "active"]
+    assert history[-1]["correction"] and not history[-1]["superseded"]
+    last = [c for c in await published(app) if c["customer_id"] == "c1"][-1]
+    assert (last["from_stage"], last["to_stage"], last["correction"]) == ("new", "active", True)
+
+
 async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:

@@ -5,7 +5,8 @@ customer the batch touched (and, with the event-time clock, every customer whose
 became due) and publish the difference between the new history and the published one.
 A history that only grew publishes its new transitions; one that changed in the past (a
 late event, a merge) marks the old ones superseded and publishes the new ones as
-corrections.
+corrections; one that only lost its tail publishes its last transition again, as a
+correction.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Lifecycle:
         for customer_id in sorted(ids):
             state, history = replay(facts.get(customer_id, []), self.policy, now)
             old = published.get(customer_id, [])
-            keep = _common_prefix(old, history)
+            keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
             restated = Counter(r["to_stage"] for r in old[keep:])
             for seq, t in enumerate(history[keep:], start=keep):
@@ -175,6 +176,16 @@ class Lifecycle:
             trace=trace,
         )
         return OutgoingMessage(topic=LIFECYCLE, key=t.customer_id, event=event)
+
+
+def _restating_the_last(old: list[dict[str, Any]], new: list[Transition], keep: int) -> int:
+    """How many published transitions to keep when a late event only took the tail off the
+    history (a silence it undid): one fewer, so the last one is published again as a
+    correction. Consumers keep the last stage they were told; with nothing published they
+    would keep the stage the customer is no longer in."""
+    if 0 < keep == len(new) < len(old):
+        return keep - 1
+    return keep
 
 
 def _common_prefix(old: list[dict[str, Any]], new: list[Transition]) -> int:
