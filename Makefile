@@ -104,7 +104,8 @@ migrate: install
 # The issue's items 1-3 (bench.throughput), then 4 (the CDNOW replay through contacts).
 bench: install
 	uv run python -m bench.throughput $(ARGS)
-	uv run python -m bench.lifecycle_replay --through contacts --no-rebuild $(REPLAY_ARGS)
+	uv run python -m bench.lifecycle_replay --through contacts --no-rebuild --drain-timeout 300 \
+	  $(REPLAY_ARGS)
 
 bench-lifecycle: install
 	uv run python -m bench.lifecycle_replay $(ARGS)

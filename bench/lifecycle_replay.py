@@ -792,6 +792,12 @@ def print_report(result: dict[str, Any]) -> None:
             milestones.append(
                 f"  {service}: {_window_rates(timeline[: None if done is None else done + 1])}"
             )
+    agree = result.get("stages_agree")
+    if agree:
+        milestones.append(
+            f"  scoring's stage of each customer is lifecycle's: {num(agree['differ'])} of "
+            f"{num(agree['customers'])} differ {agree['examples'][:2] if agree['differ'] else ''}"
+        )
     warm, drain = result.get("warm_up") or {}, result.get("drain") or {}
     if warm:
         milestones.append(f"  warm-up (group join + 1 event): {num(warm.get('seconds'), 2)} s")

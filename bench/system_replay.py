@@ -92,6 +92,27 @@ class SystemRun(Run):
             "pending": pending,
             "taken": {k: int(v) for k, v in flows.items() if not k.endswith(".published")},
         }
+        if {"lifecycle", "scoring"} <= set(self.services):
+            self.result["stages_agree"] = self._stages_agree()
+
+    def _stages_agree(self) -> dict[str, Any]:
+        """Does scoring hold, for every customer, the stage lifecycle has? (Scoring keeps the
+        last stage lifecycle published to it.)"""
+        found = {}
+        for service, sql in (
+            ("lifecycle", "SELECT customer_id, stage FROM customer_stages"),
+            ("scoring", "SELECT customer_id, stage FROM customer_stats"),
+        ):
+            path = self.workdir / f"{service}.db"
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+                found[service] = dict(conn.execute(sql).fetchall())
+        lifecycle, scoring = found["lifecycle"], found["scoring"]
+        differ = sorted(c for c in lifecycle if scoring.get(c) != lifecycle[c])
+        return {
+            "customers": len(lifecycle),
+            "differ": len(differ),
+            "examples": [(c, lifecycle[c], scoring.get(c)) for c in differ[:5]],
+        }
 
     async def _flows(self) -> dict[str, float]:
         texts = {name: await read_metrics(client) for name, client in self.clients.items()}
