@@ -70,7 +70,7 @@ $(RUN_TARGETS): run-%: install
 	@mkdir -p "$(DATA_DIR)"
 	CRM_KAFKA_BOOTSTRAP="$(SINGLE_SERVICE_BOOTSTRAP)" \
 	CRM_DATA_DIR="$(DATA_DIR)" \
-	CRM_DATABASE_URL="$${CRM_DATABASE_URL:-sqlite+aiosqlite:///$(DATA_DIR)/$*.db}" \
+	CRM_DATABASE_URL="$${CRM_DATABASE_URL:-sqlite:///$(DATA_DIR)/$*.db}" \
 	uv run crm-$* serve
 
 test: install
@@ -96,7 +96,7 @@ migrate: install
 	@mkdir -p "$(DATA_DIR)"
 	@set -e; for svc in $(SERVICES); do \
 	  override="CRM_$${svc^^}_DATABASE_URL"; \
-	  url="$${!override:-sqlite+aiosqlite:///$(DATA_DIR)/$$svc.db}"; \
+	  url="$${!override:-sqlite:///$(DATA_DIR)/$$svc.db}"; \
 	  echo "migrating $$svc"; \
 	  CRM_DATA_DIR="$(DATA_DIR)" CRM_DATABASE_URL="$$url" uv run crm-$$svc migrate; \
 	done

@@ -1,13 +1,21 @@
-"""Transactions of `crm_shared.store.db.Database` on SQLite (the embedded default)."""
+"""Transactions of `crm_shared.store.db.Database` on SQLite (the embedded default), with both
+drivers: `sqlite+inline` (statements on the event loop) and `sqlite+aiosqlite`."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store import sqlite_inline
 from crm_shared.store.db import Database
+
+DRIVERS = ["sqlite", "sqlite+aiosqlite"]
 
 metadata = MetaData()
 rows = Table("rows", metadata, Column("n", Integer, primary_key=True))
@@ -17,10 +25,11 @@ async def _count(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(rows))).scalar_one())
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 async def test_a_read_sees_one_snapshot_even_when_a_write_commits_between_its_queries(
-    tmp_path: Path,
+    tmp_path: Path, driver: str
 ) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    db = Database(f"{driver}:///{tmp_path / 'db.sqlite'}")
     try:
         async with db.transaction() as conn:
             await conn.run_sync(metadata.create_all)
@@ -35,3 +44,101 @@ async def test_a_read_sees_one_snapshot_even_when_a_write_commits_between_its_qu
     finally:
         await db.dispose()
     assert (before, during, after) == (1, 1, 2)
+
+
+async def _table(tmp_path: Path) -> Database:
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    async with db.transaction() as conn:
+        await conn.run_sync(metadata.create_all)
+    return db
+
+
+async def test_the_default_sqlite_driver_runs_on_the_event_loop(tmp_path: Path) -> None:
+    db = await _table(tmp_path)
+    try:
+        assert db.engine.dialect.driver == "inline"
+    finally:
+        await db.dispose()
+
+
+async def test_a_writer_waits_for_another_connections_write_lock_without_stalling_the_loop(
+    tmp_path: Path,
+) -> None:
+    db = await _table(tmp_path)
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO rows (n) VALUES (1)")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    async def write() -> float:
+        started = time.monotonic()
+        async with db.transaction() as conn:
+            await conn.execute(rows.insert().values(n=2))
+        return time.monotonic() - started
+
+    ticker = asyncio.create_task(tick())
+    try:
+        writer = asyncio.create_task(write())
+        await asyncio.sleep(0.3)
+        assert not writer.done()  # still waiting for the lock
+        ticks_while_waiting = ticks
+        other.execute("COMMIT")
+        waited = await asyncio.wait_for(writer, 5)
+        async with db.read() as reader:
+            assert await _count(reader) == 2
+    finally:
+        ticker.cancel()
+        other.close()
+        await db.dispose()
+    assert waited >= 0.3
+    # The loop kept running while the writer waited (a blocked loop would not tick at all).
+    assert ticks_while_waiting >= 20
+
+
+async def test_a_writer_gives_up_after_the_lock_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_inline, "lock_timeout", 0.2)
+    db = await _table(tmp_path)
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Exception, match="locked"):
+            async with db.transaction() as conn:
+                await conn.execute(rows.insert().values(n=1))
+        other.execute("COMMIT")
+        # The connection went back to the pool usable.
+        async with db.transaction() as conn:
+            await conn.execute(rows.insert().values(n=1))
+        async with db.read() as reader:
+            assert await _count(reader) == 1
+    finally:
+        other.close()
+        await db.dispose()
+
+
+async def test_results_outlive_their_transaction_and_streams_step_through_rows(
+    tmp_path: Path,
+) -> None:
+    db = await _table(tmp_path)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(rows.insert(), [{"n": n} for n in range(1, 1001)])
+        async with db.read() as reader:
+            result = await reader.execute(select(rows.c.n).order_by(rows.c.n))
+        assert [n for (n,) in result.all()] == list(range(1, 1001))
+        async with db.read() as reader:
+            stream = await reader.stream(select(rows.c.n).order_by(rows.c.n))
+            seen = [n async for (n,) in stream]
+        assert seen == list(range(1, 1001))
+        async with db.transaction() as conn:
+            deleted = await conn.execute(rows.delete().where(rows.c.n > 500))
+        assert deleted.rowcount == 500
+    finally:
+        await db.dispose()

@@ -19,7 +19,7 @@ def test_defaults_give_each_service_its_port_database_file_and_group(
         monkeypatch.delenv(name, raising=False)
     settings = LifecycleSettings()
     assert settings.http_port == 8002
-    assert settings.database_url == "sqlite+aiosqlite:///var/lifecycle.db"
+    assert settings.database_url == "sqlite:///var/lifecycle.db"
     assert settings.consumer_group == "crm-lifecycle"
 
 

@@ -66,6 +66,6 @@ class ServiceSettings(BaseSettings):
         if not self.http_port:
             self.http_port = self.default_port
         if not self.database_url:
-            self.database_url = f"sqlite+aiosqlite:///{self.data_dir}/{self.service_name}.db"
+            self.database_url = f"sqlite:///{self.data_dir}/{self.service_name}.db"
         if not self.consumer_group:
             self.consumer_group = f"{self.topic_prefix}crm-{self.service_name}"

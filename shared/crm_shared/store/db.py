@@ -1,6 +1,7 @@
 """Database access: one async engine per service, write and read transactions.
 
-SQLite (aiosqlite) is the embedded default and PostgreSQL (asyncpg) production. On SQLite
+SQLite is the embedded default, run on the event loop's thread (`sqlite+inline`, see
+`sqlite_inline`; `sqlite+aiosqlite` also works), and PostgreSQL (asyncpg) production. On SQLite
 a write transaction starts with `BEGIN IMMEDIATE`: it takes the single writer lock up front,
 so two writers in one process queue on the busy timeout instead of failing when a reader
 tries to upgrade. Reads use deferred transactions and, in WAL mode, never block writers.
@@ -20,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
+from crm_shared.store import sqlite_inline
+
 _WRITE = "crm_write"
 
 
@@ -29,7 +32,7 @@ def async_url(url: str) -> str:
     driver = {
         "postgresql": "postgresql+asyncpg",
         "postgres": "postgresql+asyncpg",
-        "sqlite": "sqlite+aiosqlite",
+        "sqlite": "sqlite+inline",
     }.get(parsed.drivername, parsed.drivername)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
@@ -53,7 +56,7 @@ class Database:
         options: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
         if make_url(self.url).get_backend_name() == "postgresql":
             options.update(pool_size=pool_size, max_overflow=pool_size)
-        else:
+        elif make_url(self.url).get_driver_name() == "aiosqlite":
             options["connect_args"] = {"timeout": 30}
         self.engine = create_async_engine(self.url, **options)
         if is_sqlite(self.engine):
@@ -94,6 +97,10 @@ class Database:
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
+    inline = engine.dialect.driver == "inline"
+    # Inline, a statement waiting for a lock would stall the event loop: writers wait for the
+    # write lock in `begin_immediate` (on the loop), everything else only briefly.
+    busy_timeout = sqlite_inline.busy_timeout_ms if inline else 30000
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -103,7 +110,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         for pragma in (
             "journal_mode=WAL",
             "synchronous=NORMAL",
-            "busy_timeout=30000",
+            f"busy_timeout={busy_timeout}",
             "foreign_keys=ON",
             # Deleted rows are overwritten, not left in free pages: an erased contact's
             # destroyed key must not be recoverable from the file.
@@ -115,7 +122,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get(_WRITE, False):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if inline:
+                sqlite_inline.begin_immediate(conn.connection.dbapi_connection)
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             return
         driver = conn.connection.driver_connection
         if isinstance(driver, aiosqlite.Connection):

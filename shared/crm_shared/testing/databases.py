@@ -37,7 +37,7 @@ def postgres_server_url() -> str:
 async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
     """Yield the SQLAlchemy URL of a new, empty database; remove it afterwards."""
     if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{directory / f'{uuid.uuid4().hex[:8]}.db'}"
+        yield f"sqlite:///{directory / f'{uuid.uuid4().hex[:8]}.db'}"
         return
     async with _postgres_database() as url:
         yield url

@@ -52,7 +52,7 @@ class ServiceError(RuntimeError):
 
 def sqlite_url(path: Path) -> str:
     """The async SQLAlchemy URL of a SQLite file (absolute, so the child's cwd is moot)."""
-    return f"sqlite+aiosqlite:///{path.resolve()}"
+    return f"sqlite:///{path.resolve()}"
 
 
 class ServiceProcess:
