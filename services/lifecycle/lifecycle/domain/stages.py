@@ -1,10 +1,11 @@
 """The customer lifecycle as a pure replay: a customer's facts, a policy and a clock give
 their stage and every transition, each at the event time it happened.
 
-Replaying the whole (short) history of a customer, rather than folding one event on top of
-stored state, is what makes late and out-of-order events, merges and policy changes simple:
-the new history is compared with the one published before, and the difference is published
-as corrections.
+Replaying the whole history of a customer is what makes late and out-of-order events, merges
+and policy changes simple: the new history is compared with the one published before, and the
+difference is published as corrections. Events that arrive in order (the common case) need
+not replay anything: `fold` continues from the stored state and gives the same result (see
+`Lifecycle.recompute` for when it may).
 """
 
 from __future__ import annotations
@@ -73,8 +74,20 @@ def replay(
     facts: Sequence[Fact], policy: Policy, now: datetime
 ) -> tuple[CustomerState | None, list[Transition]]:
     """A customer's state as of `now` and all their transitions up to then."""
-    ordered = sorted((f for f in facts if f.time <= now), key=lambda f: (f.time, f.event_id))
-    state: CustomerState | None = None
+    ordered = sorted((f for f in facts if f.time <= now), key=order)
+    return fold(None, ordered, policy, now)
+
+
+def order(fact: Fact) -> tuple[datetime, str]:
+    """The order facts are folded in."""
+    return (fact.time, fact.event_id)
+
+
+def fold(
+    state: CustomerState | None, ordered: Sequence[Fact], policy: Policy, now: datetime
+) -> tuple[CustomerState | None, list[Transition]]:
+    """Continue from `state` (None: nothing known yet) with these facts, in `order` and none
+    after `now`: the state as of `now` and the transitions this added."""
     transitions: list[Transition] = []
     for fact in ordered:
         if state is not None and state.erased:

@@ -1,12 +1,17 @@
 """Folding consumed customer events into stages, in the batch's transaction.
 
-Each batch: keep the events' facts, apply merges, move the clock, then replay every
-customer the batch touched (and, with the event-time clock, every customer whose silence
-became due) and publish the difference between the new history and the published one.
-A history that only grew publishes its new transitions; one that changed in the past (a
-late event, a merge) marks the old ones superseded and publishes the new ones as
-corrections; one that only lost its tail publishes its last transition again, as a
-correction.
+Each batch: keep the events' facts, apply merges, move the clock, then bring every customer
+the batch touched (and, with the event-time clock, every customer whose silence became due)
+up to date and publish the difference between the new history and the published one.
+
+A customer whose new facts all come after everything folded so far (and after their last
+transition) continues from the stored state: only the new facts are folded, and what they
+add is published. Any other (a late or repeated event, a merge, another policy, an erased
+customer, a fact after the clock, rows from before the stored fold position) replays the
+whole history: a history that only grew publishes its new transitions; one that changed in
+the past marks the old ones superseded and publishes the new ones as corrections; one that
+only lost its tail publishes its last transition again, as a correction. Both give the same
+history as a replay (`tests/integration/test_lifecycle_fold_paths.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from crm_shared.messaging.topics import LIFECYCLE
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from crm_shared.tracecontext import TraceContext
 from lifecycle.domain.policy import Policy
-from lifecycle.domain.stages import CustomerState, Transition, replay
+from lifecycle.domain.stages import CustomerState, Fact, Transition, fold, kind_of, order, replay
 from lifecycle.store import stages
+from lifecycle.store.stages import Stored
 
 SOURCE = "crm/lifecycle"
 STAGE_CHANGED = "crm.lifecycle.stage_changed.v1"
@@ -39,6 +45,8 @@ ClockMode = Literal["wall", "event-time"]
 class Recomputed:
     published: int
     corrections: int
+    continued: int = 0  # customers whose fold continued from the stored state
+    replayed: int = 0  # customers whose whole history was replayed
 
 
 class Lifecycle:
@@ -54,11 +62,17 @@ class Lifecycle:
         self, conn: AsyncConnection, events: list[Event[EventData]]
     ) -> None:
         """Consumer handler for `crm.customer-events`."""
-        touched = await self._keep(conn, events)
+        await self.apply(conn, events)
+
+    async def apply(self, conn: AsyncConnection, events: list[Event[EventData]]) -> Recomputed:
+        """Fold a batch of customer events; what it published."""
+        touched, merged, new = await self._keep(conn, events)
         now = await self._now(conn, max((e.time for e in events), default=None))
         if self.clock == "event-time":
             touched |= set(await stages.due(conn, now, limit=SWEEP_LIMIT))
-        await self.recompute(conn, touched, now, causes=Causes(events))
+        return await self.recompute(
+            conn, touched, now, causes=Causes(events), new_facts=new, must_replay=merged
+        )
 
     async def sweep(self, conn: AsyncConnection, *, limit: int = SWEEP_LIMIT) -> int:
         """Move the customers whose silence is due by now; return how many were looked at."""
@@ -75,23 +89,66 @@ class Lifecycle:
         *,
         publish: bool = True,
         causes: Causes | None = None,
+        new_facts: dict[str, list[Fact]] | None = None,
+        must_replay: Iterable[str] = (),
     ) -> Recomputed:
-        """Replay these customers; publish their new transitions, each in the trace of the
-        consumed event that caused it (`causes`), or else of the work in hand."""
+        """Bring these customers up to `now` (their facts are stored; `new_facts` are the
+        ones stored by the work in hand, `must_replay` the customers whose facts changed
+        otherwise); publish their new transitions, each in the trace of the consumed event
+        that caused it (`causes`), or else of the work in hand."""
         ids = set(ids)
         causes = causes or Causes()
+        new_facts = new_facts or {}
         if not ids:
             return Recomputed(0, 0)
-        facts = await stages.facts_of(conn, ids, self.policy)
-        published = await stages.active_transitions(conn, ids)
+        stored = await stages.stored_states(conn, ids)
+        waiting = await stages.waiting(conn, ids)
+        continued: dict[str, tuple[Stored, list[Fact]]] = {}
+        for customer_id in ids - set(must_replay) - waiting:
+            if customer_id in stored:
+                ordered = sorted(new_facts.get(customer_id, []), key=order)
+                if self._continues(stored[customer_id], ordered, now):
+                    continued[customer_id] = (stored[customer_id], ordered)
+        replayed = ids - continued.keys()
+        facts = await stages.facts_of(conn, replayed, self.policy)
+        published = await stages.active_transitions(conn, replayed)
         states: list[CustomerState] = []
+        heads: dict[str, stages.Head] = {}
         gone: list[str] = []
+        wake: dict[str, datetime] = {}
         rows: list[dict[str, Any]] = []
         superseded: list[int] = []
         messages: list[OutgoingMessage] = []
         recorded = self.wall()
-        for customer_id in sorted(ids):
-            state, history = replay(facts.get(customer_id, []), self.policy, now)
+
+        def add(t: Transition, seq: int, correction: bool) -> None:
+            row = stages.transition_row(
+                t, seq=seq, correction=correction, policy=self.policy, now=recorded
+            )
+            rows.append(row)
+            if publish:  # a rebuild publishes nothing: building messages is wasted work
+                messages.append(self._message(t, row, causes.trace(t.customer_id, t.caused_by)))
+
+        for customer_id in sorted(continued):
+            before, ordered = continued[customer_id]
+            assert before.head is not None
+            state, added = fold(before.state, ordered, self.policy, now)
+            assert state is not None  # folding from a state never ends without one
+            for seq, t in enumerate(added, start=before.head.next_seq):
+                add(t, seq, correction=False)
+            last = ordered[-1] if ordered else None
+            heads[customer_id] = stages.Head(
+                last.time if last else before.head.last_fact_at,
+                last.event_id if last else before.head.last_fact_id,
+                before.head.next_seq + len(added),
+            )
+            states.append(state)
+        for customer_id in sorted(replayed):
+            everything = facts.get(customer_id, [])
+            state, history = replay(everything, self.policy, now)
+            ahead = [f.time for f in everything if f.time > now]
+            if ahead:
+                wake[customer_id] = min(ahead)
             old = published.get(customer_id, [])
             keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
@@ -101,38 +158,58 @@ class Lifecycle:
                 # for another cause); an entry never published is news, correction or not.
                 correction = restated[t.to_stage] > 0
                 restated[t.to_stage] -= 1
-                row = stages.transition_row(
-                    t, seq=seq, correction=correction, policy=self.policy, now=recorded
-                )
-                rows.append(row)
-                if publish:  # a rebuild publishes nothing: building messages is wasted work
-                    trace = causes.trace(customer_id, t.caused_by)
-                    messages.append(self._message(t, row, trace))
+                add(t, seq, correction)
             if state is None:
                 gone.append(customer_id)
             else:
+                last = max(everything, key=order)  # facts after the clock count too
+                heads[customer_id] = stages.Head(last.time, last.event_id, len(history))
                 states.append(state)
         await stages.supersede(conn, superseded)
         await stages.insert_transitions(conn, rows)
-        await stages.save_states(conn, states, self.policy, recorded)
+        await stages.save_states(conn, states, self.policy, recorded, heads)
+        await stages.set_wakeups(conn, wake, cleared=replayed)
         await stages.delete_states(conn, gone)
         if publish:
             await self.outbox.add(conn, messages, recorded)
-        return Recomputed(len(rows), sum(1 for r in rows if r["correction"]))
+        corrections = sum(1 for r in rows if r["correction"])
+        return Recomputed(len(rows), corrections, len(continued), len(replayed))
 
-    async def _keep(self, conn: AsyncConnection, events: list[Event[EventData]]) -> set[str]:
-        """Store the facts; apply merges; return the customers whose history changed."""
+    def _continues(self, stored: Stored, ordered: list[Fact], now: datetime) -> bool:
+        """Whether folding `ordered` (this batch's new facts of a customer, in fold order)
+        on top of the stored state gives what a replay of the whole history would."""
+        head, state = stored.head, stored.state
+        if head is None or state.erased or stored.policy_version != self.policy.version:
+            return False
+        if not ordered:
+            return True  # only time passed (a due silence)
+        first, last = ordered[0], ordered[-1]
+        # After the last fact folded, and not before a transition already taken (a silence
+        # the stored state aged into: a fact before it would have prevented it); none after
+        # the clock (a replay leaves those out until the clock reaches them; customers with
+        # such facts stored always replay).
+        return head.precedes(first) and first.time >= state.stage_since and last.time <= now
+
+    async def _keep(
+        self, conn: AsyncConnection, events: list[Event[EventData]]
+    ) -> tuple[set[str], set[str], dict[str, list[Fact]]]:
+        """Store the facts; apply merges. Return the customers whose history changed, those
+        of them changed by a merge, and the new facts by customer."""
         touched: set[str] = set()
+        merged: set[str] = set()
+        new: dict[str, dict[str, Fact]] = {}
         rows = []
         for event in events:
             if isinstance(event.data, ContactMerged):
                 await stages.move_facts(conn, event.data.merged_ids, event.data.survivor_id)
-                touched |= {event.data.survivor_id, *event.data.merged_ids}
+                merged |= {event.data.survivor_id, *event.data.merged_ids}
                 continue
             if isinstance(event.data, ContactUnmerged):
                 await stages.restore_facts(conn, event.data.restored_id)
-                touched |= {event.data.survivor_id, event.data.restored_id}
+                merged |= {event.data.survivor_id, event.data.restored_id}
                 continue
+            fact = Fact(event.subject, event.id, kind_of(event.type, self.policy), event.time)
+            new.setdefault(event.subject, {})[event.id] = fact
             rows.append(
                 {
                     "event_id": event.id,
@@ -144,7 +221,9 @@ class Lifecycle:
             )
             touched.add(event.subject)
         await stages.add_facts(conn, rows)
-        return touched
+        # A fact stored before (a redelivered event) is not after the fold position: that
+        # customer replays, and counts it once.
+        return touched | merged, merged, {c: list(f.values()) for c, f in new.items()}
 
     async def _now(self, conn: AsyncConnection, seen: datetime | None) -> datetime:
         if self.clock == "wall":

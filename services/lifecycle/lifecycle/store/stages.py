@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.sql import upsert
 from lifecycle.domain.policy import Policy
-from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of
-from lifecycle.store.tables import clock, customer_stages, facts, stage_transitions
+from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of, order
+from lifecycle.store.tables import clock, customer_stages, facts, stage_transitions, wakeups
 
 EVENT_TIME = "event-time"
 
@@ -113,8 +114,54 @@ def transition_row(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a customer's fold stands: the last fact folded and the next transition's seq."""
+
+    last_fact_at: datetime
+    last_fact_id: str
+    next_seq: int
+
+    def precedes(self, fact: Fact) -> bool:
+        return (self.last_fact_at, self.last_fact_id) < order(fact)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    state: CustomerState
+    policy_version: str
+    head: Head | None
+
+
+async def stored_states(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Stored]:
+    """The stored state of each of these customers that has one."""
+    found: dict[str, Stored] = {}
+    for chunk in _chunks(list(set(ids))):
+        query = select(customer_stages).where(customer_stages.c.customer_id.in_(chunk))
+        for row in await conn.execute(query):
+            head = None
+            if row.last_fact_at is not None and row.next_seq is not None:
+                head = Head(row.last_fact_at, row.last_fact_id, row.next_seq)
+            state = CustomerState(
+                customer_id=row.customer_id,
+                stage=row.stage,
+                stage_since=row.stage_since,
+                purchases=row.purchases,
+                first_purchase_at=row.first_purchase_at,
+                last_purchase_at=row.last_purchase_at,
+                next_due=row.next_due,
+                erased=row.erased,
+            )
+            found[row.customer_id] = Stored(state, row.policy_version, head)
+    return found
+
+
 async def save_states(
-    conn: AsyncConnection, states: Sequence[CustomerState], policy: Policy, now: datetime
+    conn: AsyncConnection,
+    states: Sequence[CustomerState],
+    policy: Policy,
+    now: datetime,
+    heads: dict[str, Head],
 ) -> None:
     rows = [
         {
@@ -127,6 +174,10 @@ async def save_states(
             "updated_at": now,
             "next_due": s.next_due,
             "policy_version": policy.version,
+            "erased": s.erased,
+            "last_fact_at": heads[s.customer_id].last_fact_at,
+            "last_fact_id": heads[s.customer_id].last_fact_id,
+            "next_seq": heads[s.customer_id].next_seq,
         }
         for s in states
     ]
@@ -139,14 +190,37 @@ async def delete_states(conn: AsyncConnection, ids: Sequence[str]) -> None:
 
 
 async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[str]:
-    """Customers whose next silence transition is due (an index on next_due, no scan)."""
+    """Customers whose next silence transition is due, or who have a fact the clock reached
+    (indexes on the times, no scan)."""
     query = (
         select(customer_stages.c.customer_id)
         .where(customer_stages.c.next_due <= now)
         .order_by(customer_stages.c.next_due)
         .limit(limit)
     )
-    return list((await conn.execute(query)).scalars())
+    found = list((await conn.execute(query)).scalars())
+    query = select(wakeups.c.customer_id).where(wakeups.c.at <= now).order_by(wakeups.c.at)
+    woken = (await conn.execute(query.limit(limit))).scalars()
+    return list(dict.fromkeys([*found, *woken]))
+
+
+async def waiting(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
+    """Those of these customers who have facts dated after the clock."""
+    found: set[str] = set()
+    for chunk in _chunks(list(set(ids))):
+        query = select(wakeups.c.customer_id).where(wakeups.c.customer_id.in_(chunk))
+        found |= set((await conn.execute(query)).scalars())
+    return found
+
+
+async def set_wakeups(
+    conn: AsyncConnection, at: dict[str, datetime], cleared: Iterable[str]
+) -> None:
+    """Wake these customers at these times; the `cleared` ones have nothing waiting."""
+    for chunk in _chunks(sorted(set(cleared) - at.keys())):
+        await conn.execute(wakeups.delete().where(wakeups.c.customer_id.in_(chunk)))
+    rows = [{"customer_id": c, "at": t} for c, t in at.items()]
+    await upsert(conn, wakeups, rows, key=["customer_id"])
 
 
 async def event_clock(conn: AsyncConnection) -> datetime | None:

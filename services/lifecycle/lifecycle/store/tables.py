@@ -3,7 +3,7 @@ stage projection, the transitions, and the event-time clock."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table
+from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, false
 
 from crm_shared.store.tables import CoreTables, Position, UtcDateTime
 
@@ -34,6 +34,14 @@ customer_stages = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("next_due", UtcDateTime(), nullable=True),
     Column("policy_version", String(50), nullable=False),
+    # Where the fold stands, so that events arriving in order continue it instead of
+    # replaying the history: the last fact folded (in fold order; facts after the clock
+    # count too), the seq of the next transition, whether the story ended in an erasure.
+    # NULL (rows written before these columns): the next change replays.
+    Column("last_fact_at", UtcDateTime(), nullable=True),
+    Column("last_fact_id", String(200), nullable=True),
+    Column("next_seq", Integer, nullable=True),
+    Column("erased", Boolean, nullable=False, server_default=false()),
     Index("ix_customer_stages_due", "next_due"),
     Index("ix_customer_stages_stage", "stage"),
 )
@@ -56,6 +64,16 @@ stage_transitions = Table(
     Column("superseded", Boolean, nullable=False),
     Index("ix_stage_transitions_customer", "customer_id", "id"),
     Index("ix_stage_transitions_occurred", "occurred_at"),
+)
+
+# Customers with facts dated after the clock (a source's clock ahead of ours): a replay leaves
+# those out until the clock reaches them, and the sweeper replays the customer then.
+wakeups = Table(
+    "lifecycle_wakeups",
+    metadata,
+    Column("customer_id", String(200), primary_key=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Index("ix_lifecycle_wakeups_at", "at"),
 )
 
 clock = Table(
