@@ -6,8 +6,10 @@ tables to it, so a service's migrations and queries see one schema.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -48,6 +50,23 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None or value.tzinfo is not None:
             return value
         return value.replace(tzinfo=UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # SQLite stores the text SQLAlchemy's DATETIME writes ("YYYY-MM-DD HH:MM:SS.ffffff");
+        # made here in two C calls instead of this decorator plus DATETIME's `%` formatting
+        # of a dict per value, which were ~10% of lifecycle's CPU in bulk inserts.
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("timestamps must be timezone-aware")
+            text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+            return text if len(text) > 19 else text + ".000000"
+
+        return process
 
 
 @dataclass(frozen=True)
