@@ -9,9 +9,12 @@ from typing import Any
 import httpx
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
+from contacts.store import records
+from crm_shared.app.runtime import Runtime
 from tests.support.apps import api_client
 from tests.support.events import purchase_json
 
@@ -28,9 +31,35 @@ ADA = {
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(create_app(ContactsSettings(database_url=database_url))) as client:
+async def app(database_url: str) -> FastAPI:
+    return create_app(ContactsSettings(database_url=database_url))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(app) as client:
         yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session", autouse=True)
+async def read_model_in_step(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[None]:
+    """After every test here: each contact's read-model row (what GETs and changes read)
+    holds exactly what folding its record stream gives."""
+    yield
+    runtime: Runtime = app.state.runtime
+    service = app.state.contacts
+    async with runtime.db.read() as conn:
+        streams = (
+            await conn.execute(
+                select(runtime.tables.events.c.stream_id)
+                .where(runtime.tables.events.c.stream_id.like("contact-%"))
+                .distinct()
+            )
+        ).scalars()
+        for stream in list(streams):
+            contact_id = stream.removeprefix("contact-")
+            folded = await records.load(conn, service.store, service.registry, contact_id)
+            assert await records.current(conn, contact_id) == folded, contact_id
 
 
 async def create(client: httpx.AsyncClient, body: dict[str, Any], **params: Any) -> dict[str, Any]:

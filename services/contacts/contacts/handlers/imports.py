@@ -375,8 +375,7 @@ class Importer:
         return "unchanged" if after.version == state.version else "updated"
 
     async def _load(self, conn: AsyncConnection, contact_id: str) -> Contact:
-        c = self._contacts
-        state = await records.load(conn, c.store, c.registry, contact_id)
+        state = await records.current(conn, contact_id)
         assert state is not None, f"an identifier names the unknown contact {contact_id}"
         return state
 

@@ -152,7 +152,7 @@ class Ingestor:
         """A consent change sent by another system (an unsubscribe link, a preference
         centre) changes the contact's record; contacts then publishes it as its own."""
         assert isinstance(event.data, ConsentChanged)
-        state = await records.load(conn, self._store, self._registry, owner)
+        state = await records.current(conn, owner)
         if state is None:
             return Outcome(event.id, "rejected", "subject: no such contact", "subject")
         try:

@@ -81,7 +81,10 @@ class ContactService:
 
     async def get(self, contact_id: str, *, as_of: datetime | None = None) -> Contact:
         async with self.db.read() as conn:
-            state = await records.load(conn, self.store, self.registry, contact_id, as_of=as_of)
+            if as_of is None:
+                state = await records.current(conn, contact_id)
+            else:
+                state = await records.load(conn, self.store, self.registry, contact_id, as_of=as_of)
         if state is None:
             raise NotFound(contact_id)
         return state
@@ -287,7 +290,7 @@ class ContactService:
     async def _current(
         self, conn: AsyncConnection, contact_id: str, if_match: str | None
     ) -> Contact:
-        state = await records.load(conn, self.store, self.registry, contact_id)
+        state = await records.current(conn, contact_id)
         if state is None:
             raise NotFound(contact_id)
         if if_match is not None and if_match not in {etag(state), "*"}:
