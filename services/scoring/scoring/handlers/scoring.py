@@ -64,11 +64,11 @@ class Scoring:
 
     async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
         """Consumer handler for `crm.customer-events` and `crm.lifecycle`."""
-        touched = await self._fold(conn, events)
+        known = await self._fold(conn, events)
         latest = max((e.time for e in events), default=None)
         if latest is not None and (self.event_clock is None or latest > self.event_clock):
             self.event_clock = latest
-        await self.rescore(conn, touched, causes=Causes(events))
+        await self.rescore(conn, known, causes=Causes(events), known=known)
 
     async def rescore(
         self,
@@ -77,15 +77,21 @@ class Scoring:
         *,
         publish: bool = True,
         causes: Causes | None = None,
+        known: dict[str, CustomerStats] | None = None,
     ) -> int:
         """Score these customers with the active model; publish material changes, each in
-        the trace of the customer's consumed event (`causes`), or else of the work in hand."""
+        the trace of the customer's consumed event (`causes`), or else of the work in hand.
+        `known`: their statistics, when the caller has them already (else they are read)."""
         wanted = list(set(ids))
         if not wanted:
             return 0
         now = self.now()
         model = await scores.active_model(conn) or prior(now)
-        current = await stats.load(conn, wanted)
+        current = (
+            {i: known[i] for i in wanted if i in known}
+            if known is not None
+            else await stats.load(conn, wanted)
+        )
         rows = score_many(list(current.values()), model, now, self.settings.risk_weights)
         await scores.save(conn, rows)
         return await self._publish(conn, rows, now, causes or Causes()) if publish else 0
@@ -106,7 +112,11 @@ class Scoring:
         await self.outbox.add(conn, messages, now)
         return len(changed)
 
-    async def _fold(self, conn: AsyncConnection, events: list[Event[EventData]]) -> set[str]:
+    async def _fold(
+        self, conn: AsyncConnection, events: list[Event[EventData]]
+    ) -> dict[str, CustomerStats]:
+        """Fold the events into the statistics of their customers; return the statistics of
+        the customers they touched (merged-away ones excluded), as saved."""
         subjects = {e.subject for e in events}
         merges = [e.data for e in events if isinstance(e.data, ContactMerged)]
         involved = subjects | {i for m in merges for i in m.merged_ids}
@@ -122,7 +132,7 @@ class Scoring:
         gone = [i for m in merges for i in m.merged_ids]
         await stats.remove(conn, gone)
         await stats.save(conn, [s for i, s in known.items() if i not in gone], self.wall())
-        return subjects - set(gone)
+        return {i: known[i] for i in subjects - set(gone) if i in known}
 
     async def refit(self, db: Database) -> ScoringModel:
         """Fit a new model on every customer, make it active, rescore everyone with it."""
