@@ -95,3 +95,36 @@ async def test_messages_can_be_published_again_from_any_position(core: CoreDb) -
         assert await outbox.republish_from(conn, 2) == 2
         assert [m.id for m in await outbox.pending(conn, limit=10)] == [2, 3]
         assert await outbox.high_water(conn) == 3
+
+
+async def test_a_busy_writer_does_not_hold_the_relay_back(core: CoreDb, broker: Broker) -> None:
+    """While the service's consumer holds the writer lock (most of the time under load),
+    the relay goes on publishing and marks what it sent once the lock is free."""
+    topic = await make_topic(broker.bootstrap, "relay-busy")
+    await write(core, topic, [f"c{i % 7}" for i in range(60)])
+    producer = make_producer(broker.bootstrap, client_id="test-relay-busy")
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def hold_the_writer_lock() -> None:
+        async with core.db.transaction():
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_writer_lock())
+    await holding.wait()
+    await producer.start()
+    try:
+        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"), batch_size=15)
+        busy = [await asyncio.wait_for(relay.publish_pending(), 10) for _ in range(4)]
+        release.set()
+        await holder
+        caught_up = await relay.publish_pending()
+    finally:
+        release.set()
+        await producer.stop()
+    assert busy == [15, 15, 15, 15] and caught_up == 0
+    assert await pending(core) == 0
+    records = await read_topic(broker.bootstrap, topic, count=60)
+    seqs = [int(decode_headers(r.headers)["crm-seq"]) for r in records]
+    assert sorted(seqs) == list(range(1, 61))  # each once

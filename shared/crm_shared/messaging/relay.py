@@ -7,6 +7,14 @@ have been written: consumers' inboxes absorb such duplicates.
 
 On PostgreSQL several replicas may run a relay against one database: each round holds a
 transaction-scoped advisory lock, so only one publishes at a time and per-key order holds.
+
+On SQLite (one relay per database) marking a round published needs the single writer lock,
+which the service's consumer holds for most of every batch it applies; waiting for it would
+publish one round per consumed batch. So the relay marks a round at once only when the lock
+is free, and otherwise keeps the ids and goes on past them (a cursor in memory), marking
+them with a later round. When it has caught up it marks everything, waiting for the lock if
+need be, and starts again from the oldest unpublished row (so rows marked pending again by
+a republish are seen). A crash before marking publishes those rows again: inboxes absorb it.
 """
 
 from __future__ import annotations
@@ -70,9 +78,18 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock_key = zlib.crc32(b"crm-outbox-relay") & 0x7FFFFFFF
+        # SQLite: the highest id sent in this pass, and the sent ids not yet marked.
+        self._cursor = 0
+        self._unmarked: list[int] = []
 
     def wake(self) -> None:
         """Something was written to the outbox: publish now rather than at the next poll."""
+        self._wake.set()
+
+    def forget_sent(self) -> None:
+        """Rows were marked pending again (a republish): what this pass sent but has not
+        marked yet stays pending, and the next round starts from the oldest pending row."""
+        self._unmarked, self._cursor = [], 0
         self._wake.set()
 
     def stop(self) -> None:
@@ -98,6 +115,10 @@ class OutboxRelay:
                 continue
             if published < self._batch_size:
                 await self._sleep(self._poll_interval)
+        try:
+            await self._mark(wait=True)  # what was sent, so a restart does not send it again
+        except Exception as exc:
+            log.warning("could not mark sent messages at stop", extra={"error": repr(exc)})
 
     async def publish_pending(self) -> int:
         """One round: publish up to a batch of pending rows; return how many were published."""
@@ -108,8 +129,29 @@ class OutboxRelay:
                 pending = await self._outbox.pending(conn, limit=self._batch_size)
                 return await self._publish(pending, conn)
         async with self._db.read() as conn:
-            pending = await self._outbox.pending(conn, limit=self._batch_size)
-        return await self._publish(pending, None)
+            pending = await self._outbox.pending(conn, limit=self._batch_size, after=self._cursor)
+        try:
+            published = await self._publish(pending, None)
+        except BaseException:
+            await self._mark(wait=True)  # what was sent; the rest from the oldest again
+            self._cursor = 0
+            raise
+        if published < self._batch_size:  # caught up: mark everything, start over
+            await self._mark(wait=True)
+            self._cursor = 0
+        return published
+
+    async def _mark(self, *, wait: bool) -> None:
+        """Mark the ids sent so far published: now if the writer lock is free (or `wait`)."""
+        if not self._unmarked or (self._db.writer_busy and not wait):
+            return
+        ids, self._unmarked = self._unmarked, []
+        try:
+            async with self._db.transaction() as write:
+                await self._outbox.mark_published(write, ids, self._clock())
+        except BaseException:
+            self._unmarked = ids + self._unmarked
+            raise
 
     async def refresh_gauges(self) -> None:
         async with self._db.read() as conn:
@@ -124,8 +166,9 @@ class OutboxRelay:
         if conn is not None:
             await self._outbox.mark_published(conn, ok, self._clock())
         else:
-            async with self._db.transaction() as write:
-                await self._outbox.mark_published(write, ok, self._clock())
+            self._unmarked += ok
+            self._cursor = max(self._cursor, pending[-1].id)
+            await self._mark(wait=len(self._unmarked) >= 20 * self._batch_size)
         self._count(pending, sent)
         failures = [error for error in sent if error is not None]
         if failures:
@@ -173,6 +216,7 @@ class OutboxRelay:
             return 0
         self._reset = False
         await self._on_reset()
+        self._unmarked, self._cursor = [], 0
         async with self._db.transaction() as conn:
             again = await self._outbox.republish_from(conn)
         log.warning(

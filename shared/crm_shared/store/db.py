@@ -73,6 +73,12 @@ class Database:
         self._write_turn = asyncio.Lock() if is_sqlite(self.engine) else None
 
     @property
+    def writer_busy(self) -> bool:
+        """Whether a write transaction of this process holds (or waits for) SQLite's
+        single writer lock."""
+        return self._write_turn is not None and self._write_turn.locked()
+
+    @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 

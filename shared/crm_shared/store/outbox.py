@@ -56,7 +56,10 @@ class Outbox:
             messages = [replace(m, event=e) for m, e in zip(messages, sealed, strict=True)]
         await conn.execute(insert(self._t), [_row(m, now) for m in messages])
 
-    async def pending(self, conn: AsyncConnection, *, limit: int) -> list[PendingMessage]:
+    async def pending(
+        self, conn: AsyncConnection, *, limit: int, after: int = 0
+    ) -> list[PendingMessage]:
+        """The oldest unpublished messages (with an id above `after`), in id order."""
         query = (
             select(
                 self._t.c.id,
@@ -66,7 +69,7 @@ class Outbox:
                 self._t.c.payload,
                 self._t.c.headers,
             )
-            .where(self._t.c.published_at.is_(None))
+            .where(self._t.c.published_at.is_(None), self._t.c.id > after)
             .order_by(self._t.c.id)
             .limit(limit)
         )

@@ -7,7 +7,11 @@ few microseconds. Profiles of every service put 67-70% of the CPU in those hand-
 dialect gives SQLAlchemy's async engine the standard library's `sqlite3` connection and lets
 it run statements on the event loop's thread.
 
-What that costs: a statement blocks the loop while it runs. Every statement our services run
+What that costs: a statement blocks the loop while it runs, and a transaction of many
+statements would hold the loop for all of them (awaiting a finished coroutine does not let
+the loop run), starving the service's other tasks: its relay, its HTTP requests, Kafka
+heartbeats. So a statement yields to the loop (`asyncio.sleep(0)`) once `yield_every`
+seconds have passed since the last time one did. Every statement our services run
 is by key or bounded by a page size, so that is microseconds to a few milliseconds. Waiting
 for a lock must never block the loop, so:
 
@@ -38,6 +42,8 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.util import await_
 
 busy_timeout_ms = 200
+yield_every = 0.005
+_last_yield = 0.0
 lock_timeout = 30.0
 _first_backoff = 0.001
 _max_backoff = 0.05
@@ -67,9 +73,7 @@ class Cursor:
             self._rows = deque(cursor.fetchall()) if cursor.description else deque()
 
     def execute(self, operation: str, parameters: Any = None) -> None:
-        # SQLAlchemy's async engine insists that a statement awaited something
-        # (`AwaitRequired` otherwise): one switch to the loop's greenlet and back, ~1 us.
-        await_(_ready())
+        _pause()
         if parameters is None:
             self._cursor.execute(operation)
         else:
@@ -77,7 +81,7 @@ class Cursor:
         self._done()
 
     def executemany(self, operation: str, seq_of_parameters: Any) -> None:
-        await_(_ready())
+        _pause()
         self._cursor.executemany(operation, seq_of_parameters)
         self._done()
 
@@ -216,6 +220,19 @@ class SQLiteDialect_inline(SQLiteDialect_pysqlite):
 
 async def _ready() -> None:
     return None
+
+
+def _pause() -> None:
+    """Before a statement: SQLAlchemy's async engine insists that a statement awaited
+    something (`AwaitRequired` otherwise), so await a finished coroutine (a switch to the
+    loop's greenlet and back, ~1 us); every `yield_every` seconds let the loop run instead."""
+    global _last_yield
+    now = time.perf_counter()
+    if now - _last_yield < yield_every:
+        await_(_ready())
+        return
+    await_(asyncio.sleep(0))
+    _last_yield = time.perf_counter()
 
 
 def is_locked(error: BaseException) -> bool:

@@ -33,5 +33,7 @@ async def republish(body: RepublishRequest, runtime: RuntimeDep) -> RepublishRes
     async with runtime.db.transaction() as conn:
         count = await runtime.outbox.republish_from(conn, body.from_id)
         high_water = await runtime.outbox.high_water(conn)
+    if runtime.relay is not None:
+        runtime.relay.forget_sent()
     runtime.wake_relay()
     return RepublishResult(republished=count, high_water=high_water)
