@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import signal
 import sys
 import tempfile
@@ -187,19 +186,10 @@ class Run:
         return self.result
 
     def _pids(self) -> dict[str, int]:
-        pids = {"bench": os.getpid()}
-        if self.broker.pid:
-            pids["broker"] = self.broker.pid
-        if self.stack is not None:
-            pids |= {n: p.pid for n, p in self.stack.processes.items() if p.pid is not None}
-        return pids
+        return phases.stack_pids(self.broker, self.stack)
 
     def _check_alive(self) -> None:
-        dead = self.stack.dead() if self.stack is not None else []
-        if dead:
-            raise phases.BenchError(
-                "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
-            )
+        phases.check_alive(self.stack)
 
     def _watcher(self) -> Watcher:
         clients = self.clients

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from bench.observe import CpuMeter, Progress, ServerStats, Watcher
 from bench.workload import Workload, http_batches, kafka_records, purchase
 from crm_shared.events import BATCH_CONTENT_TYPE
 from crm_shared.messaging.topics import INBOUND
+from crm_shared.testing.broker import Broker
+from crm_shared.testing.stack import Stack
 
 PRODUCE_CHUNK = 1000
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
@@ -31,6 +34,25 @@ OF_CUSTOMER_EVENTS = 'consumer="customer-events"'
 
 class BenchError(RuntimeError):
     """The system under test answered something a run cannot go on from."""
+
+
+def stack_pids(broker: Broker, stack: Stack | None) -> dict[str, int]:
+    """The processes a run measures: itself, the broker, every service that runs."""
+    pids = {"bench": os.getpid()}
+    if broker.pid:
+        pids["broker"] = broker.pid
+    if stack is not None:
+        pids |= {n: p.pid for n, p in stack.processes.items() if p.pid is not None}
+    return pids
+
+
+def check_alive(stack: Stack | None) -> None:
+    """Raise, with the end of their logs, if a service of the stack has exited."""
+    dead = stack.dead() if stack is not None else []
+    if dead:
+        raise BenchError(
+            "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
+        )
 
 
 @dataclass

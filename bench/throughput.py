@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -164,19 +163,10 @@ class Run:
         return self.result
 
     def _pids(self) -> dict[str, int]:
-        pids = {"bench": os.getpid()}
-        if self.broker.pid:
-            pids["broker"] = self.broker.pid
-        if self.stack is not None:
-            pids |= {n: p.pid for n, p in self.stack.processes.items() if p.pid is not None}
-        return pids
+        return phases.stack_pids(self.broker, self.stack)
 
     def _check_alive(self) -> None:
-        dead = self.stack.dead() if self.stack is not None else []
-        if dead:
-            raise phases.BenchError(
-                "; ".join(f"{p.name} exited ({p.returncode}):\n{p.log_tail(20)}" for p in dead)
-            )
+        phases.check_alive(self.stack)
 
     def _context(self, clients: dict[str, httpx.AsyncClient]) -> phases.Context:
         assert self.stack is not None

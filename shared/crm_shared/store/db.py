@@ -53,12 +53,13 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = async_url(url)
+        parsed = make_url(self.url)
         options: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
-        if make_url(self.url).get_backend_name() == "postgresql":
+        if parsed.get_backend_name() == "postgresql":
             options.update(pool_size=pool_size, max_overflow=pool_size)
-        elif make_url(self.url).get_driver_name() == "aiosqlite":
+        elif parsed.get_driver_name() == "aiosqlite":
             options["connect_args"] = {"timeout": 30}
-        elif make_url(self.url).database not in (None, "", ":memory:"):
+        elif parsed.database not in (None, "", ":memory:"):
             # Keep connections: the pool closes the ones above pool_size when they come
             # back, and opening one (file, PRAGMAs, functions) cost 7% of a GET's CPU at 64
             # concurrent requests.

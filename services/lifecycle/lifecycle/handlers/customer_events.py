@@ -102,9 +102,8 @@ class Lifecycle:
         if not ids:
             return Recomputed(0, 0)
         stored = await stages.stored_states(conn, ids)
-        waiting = await stages.waiting(conn, ids)
         continued: dict[str, tuple[Stored, list[Fact]]] = {}
-        for customer_id in ids - set(must_replay) - waiting:
+        for customer_id in ids - set(must_replay):
             if customer_id in stored:
                 ordered = sorted(new_facts.get(customer_id, []), key=order)
                 if self._continues(stored[customer_id], ordered, now):
@@ -136,12 +135,7 @@ class Lifecycle:
             assert state is not None  # folding from a state never ends without one
             for seq, t in enumerate(added, start=before.head.next_seq):
                 add(t, seq, correction=False)
-            last = ordered[-1] if ordered else None
-            heads[customer_id] = stages.Head(
-                last.time if last else before.head.last_fact_at,
-                last.event_id if last else before.head.last_fact_id,
-                before.head.next_seq + len(added),
-            )
+            heads[customer_id] = before.head.advanced(ordered, len(added))
             states.append(state)
         for customer_id in sorted(replayed):
             everything = facts.get(customer_id, [])
@@ -180,6 +174,8 @@ class Lifecycle:
         on top of the stored state gives what a replay of the whole history would."""
         head, state = stored.head, stored.state
         if head is None or state.erased or stored.policy_version != self.policy.version:
+            return False
+        if stored.waiting:  # facts ahead of the clock: a replay decides when they count
             return False
         if not ordered:
             return True  # only time passed (a due silence)

@@ -125,19 +125,36 @@ class Head:
     def precedes(self, fact: Fact) -> bool:
         return (self.last_fact_at, self.last_fact_id) < order(fact)
 
+    def advanced(self, folded: Sequence[Fact], added: int) -> Head:
+        """Where the fold stands after `folded` (in fold order) added `added` transitions."""
+        last = folded[-1] if folded else None
+        return Head(
+            last.time if last else self.last_fact_at,
+            last.event_id if last else self.last_fact_id,
+            self.next_seq + added,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Stored:
     state: CustomerState
     policy_version: str
     head: Head | None
+    waiting: bool  # has facts dated after the clock (a wake-up)
 
 
 async def stored_states(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Stored]:
     """The stored state of each of these customers that has one."""
     found: dict[str, Stored] = {}
+    joined = customer_stages.outerjoin(
+        wakeups, wakeups.c.customer_id == customer_stages.c.customer_id
+    )
     for chunk in _chunks(list(set(ids))):
-        query = select(customer_stages).where(customer_stages.c.customer_id.in_(chunk))
+        query = (
+            select(customer_stages, wakeups.c.at.label("wake_at"))
+            .select_from(joined)
+            .where(customer_stages.c.customer_id.in_(chunk))
+        )
         for row in await conn.execute(query):
             head = None
             if row.last_fact_at is not None and row.next_seq is not None:
@@ -152,7 +169,9 @@ async def stored_states(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, 
                 next_due=row.next_due,
                 erased=row.erased,
             )
-            found[row.customer_id] = Stored(state, row.policy_version, head)
+            found[row.customer_id] = Stored(
+                state, row.policy_version, head, waiting=row.wake_at is not None
+            )
     return found
 
 
@@ -202,15 +221,6 @@ async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[str]:
     query = select(wakeups.c.customer_id).where(wakeups.c.at <= now).order_by(wakeups.c.at)
     woken = (await conn.execute(query.limit(limit))).scalars()
     return list(dict.fromkeys([*found, *woken]))
-
-
-async def waiting(conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
-    """Those of these customers who have facts dated after the clock."""
-    found: set[str] = set()
-    for chunk in _chunks(list(set(ids))):
-        query = select(wakeups.c.customer_id).where(wakeups.c.customer_id.in_(chunk))
-        found |= set((await conn.execute(query)).scalars())
-    return found
 
 
 async def set_wakeups(

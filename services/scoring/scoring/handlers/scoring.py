@@ -68,7 +68,7 @@ class Scoring:
         latest = max((e.time for e in events), default=None)
         if latest is not None and (self.event_clock is None or latest > self.event_clock):
             self.event_clock = latest
-        await self.rescore(conn, known, causes=Causes(events), known=known)
+        await self.rescore(conn, known.keys(), causes=Causes(events), known=known)
 
     async def rescore(
         self,
