@@ -7,11 +7,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.tables import CoreTables
 
 ANY_VERSION = None
@@ -124,7 +125,7 @@ class EventStore:
     ) -> None:
         # No savepoint: a conflict aborts the whole unit of work, which the caller retries.
         try:
-            await conn.execute(insert(self._t), rows)
+            await insert_rows(conn, self._t, rows)
         except IntegrityError as exc:
             if "event_id" in str(exc.orig).lower():
                 raise DuplicateEventError(str(exc.orig)) from None

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.tables import CoreTables
 
 
@@ -36,4 +37,4 @@ class Inbox:
             rows = [
                 {"consumer": self.consumer, "event_id": i, "processed_at": now} for i in event_ids
             ]
-            await conn.execute(insert(self._t), rows)
+            await insert_rows(conn, self._t, rows)

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events.envelope import CloudEvent
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.eventstore import EventCodec
 from crm_shared.store.tables import CoreTables
 
@@ -54,7 +55,7 @@ class Outbox:
         if self.codec is not None:
             sealed = await self.codec.seal(conn, [m.event for m in messages])
             messages = [replace(m, event=e) for m, e in zip(messages, sealed, strict=True)]
-        await conn.execute(insert(self._t), [_row(m, now) for m in messages])
+        await insert_rows(conn, self._t, [_row(m, now) for m in messages])
 
     async def pending(
         self, conn: AsyncConnection, *, limit: int, after: int = 0

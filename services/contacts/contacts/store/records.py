@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, insert, select
+from sqlalchemy import Text, cast, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.domain.contact import Contact, fold
@@ -21,6 +21,7 @@ from contacts.store.tables import (
     identifiers,
 )
 from crm_shared.events import EventData, EventRegistry
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.eventstore import EventStore, RecordedEvent
 from crm_shared.store.sql import upsert
 
@@ -96,8 +97,7 @@ async def save(conn: AsyncConnection, states: Sequence[Contact]) -> None:
         for i in dict.fromkeys(s.identifiers)
     ]
     for table, rows in ((contact_tags, tags), (contact_attributes, attrs), (identifiers, refs)):
-        if rows:
-            await conn.execute(insert(table), rows)
+        await insert_rows(conn, table, rows)
 
 
 async def resolve(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, str]:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.sql import upsert
 from lifecycle.domain.policy import Policy
 from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of, order
@@ -25,8 +25,7 @@ async def add_facts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> No
     """Keep these events' facts; an event seen before is kept once."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    await conn.execute(dialect.insert(facts).on_conflict_do_nothing(), list(rows))
+    await insert_rows(conn, facts, rows, on_conflict="nothing")
 
 
 async def move_facts(conn: AsyncConnection, from_ids: Sequence[str], to_id: str) -> None:
@@ -91,8 +90,7 @@ async def supersede(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
 
 
 async def insert_transitions(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(stage_transitions), list(rows))
+    await insert_rows(conn, stage_transitions, rows)
 
 
 def transition_row(
