@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,6 +10,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import cursor as cursor_text
+from crm_shared.store.bulk import insert_rows
 from crm_shared.store.sql import upsert
 from scoring.domain.model import ScoringModel
 from scoring.store.tables import customer_stats, models, published_scores, score_history, scores
@@ -56,17 +56,24 @@ async def mark_published(
         ],
         key=["customer_id"],
     )
-    await conn.execute(
-        insert(score_history),
+    await insert_rows(
+        conn,
+        score_history,
         [
             {
                 "customer_id": r["customer_id"],
                 "at": r["computed_at"],
-                "score": json.loads(json.dumps(r, default=str)),
+                "score": _document(r),
             }
             for r in rows
         ],
     )
+
+
+def _document(row: dict[str, Any]) -> dict[str, Any]:
+    """A score row as JSON keeps it: timestamps as text (the rest is JSON already; a round
+    trip through `json` per row was 10% of scoring's CPU)."""
+    return {k: str(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 async def current(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
