@@ -91,12 +91,18 @@ def open_value(value: str, keys: Keys) -> Any:
 
 def seal_event(envelope: dict[str, Any], key: bytes, key_id: str) -> dict[str, Any]:
     """A copy of a CloudEvent (as a dict) with its personal fields sealed."""
+    return {**envelope, **sealed_attributes(envelope, key, key_id)}
+
+
+def sealed_attributes(envelope: Mapping[str, Any], key: bytes, key_id: str) -> dict[str, Any]:
+    """The attributes of a CloudEvent that change when its personal fields are sealed
+    (`data`, the identity extension), with their sealed values; empty if none do."""
+    changed: dict[str, Any] = {}
     data = envelope.get("data")
-    sealed = dict(envelope)
     if isinstance(data, dict):
         fields = personal_fields(str(envelope.get("type", "")), data)
         if fields:
-            sealed["data"] = {
+            changed["data"] = {
                 name: seal(value, key, key_id)
                 if name in fields and value is not None and not is_sealed(value)
                 else value
@@ -104,8 +110,8 @@ def seal_event(envelope: dict[str, Any], key: bytes, key_id: str) -> dict[str, A
             }
     identity = envelope.get(IDENTITY_EXTENSION)
     if isinstance(identity, str) and not is_sealed(identity):
-        sealed[IDENTITY_EXTENSION] = seal(identity, key, key_id)
-    return sealed
+        changed[IDENTITY_EXTENSION] = seal(identity, key, key_id)
+    return changed
 
 
 def key_ids(value: Any) -> set[str]:

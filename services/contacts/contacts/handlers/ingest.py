@@ -234,8 +234,8 @@ def _canonical(event: Event[EventData], contact_id: str) -> CloudEvent:
     sender used stays in the `crmidentity` extension."""
     if event.subject == contact_id:
         return event.envelope
-    return CloudEvent.model_validate(
-        {**event.envelope.to_dict(), "subject": contact_id, IDENTITY_EXTENSION: event.subject}
+    return event.envelope.model_copy(
+        update={"subject": contact_id, IDENTITY_EXTENSION: event.subject}
     )
 
 

@@ -93,9 +93,7 @@ class Vault:
         subjects = {e.subject for e in events if e.subject and _has_personal(e)}
         keys = await self.keys_creating(conn, subjects)
         return [
-            CloudEvent.model_validate(privacy.seal_event(e.to_dict(), keys[e.subject], e.subject))
-            if e.subject in keys and _has_personal(e)
-            else e
+            _sealed(e, keys[e.subject], e.subject) if e.subject in keys and _has_personal(e) else e
             for e in events
         ]
 
@@ -131,6 +129,14 @@ class Vault:
             _with_payload(m, privacy.open_all(documents[m.id], keys)) if m.id in documents else m
             for m in pending
         ]
+
+
+def _sealed(event: CloudEvent, key: bytes, key_id: str) -> CloudEvent:
+    """The event with its personal values sealed: a copy with just those attributes
+    replaced (dumping and validating the whole envelope again cost as much as the AES)."""
+    attributes = {"type": event.type, "data": event.data, **(event.model_extra or {})}
+    changed = privacy.sealed_attributes(attributes, key, key_id)
+    return event.model_copy(update=changed) if changed else event
 
 
 def _has_personal(event: CloudEvent) -> bool:
