@@ -220,6 +220,25 @@ async def test_caps_count_the_customers_local_day(
     assert statuses == [("win_back", "sent"), ("welcome", "suppressed")]
 
 
+async def test_the_cap_counts_a_message_sent_earlier_in_the_same_dispatch_run(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    late = datetime(2026, 6, 10, 18, 0, tzinfo=UTC)
+    await feed(
+        app,
+        [
+            *contact("c5", late),
+            stage("c5", "churned", late, event_id="a"),
+            stage("c5", "new", late, event_id="b"),
+        ],
+    )
+    outcome = await dispatch(app, late)
+    assert (outcome.sent, outcome.suppressed) == (1, 1)
+    statuses = sorted(d["status"] for d in await deliveries(client, "c5"))
+    assert statuses == ["sent", "suppressed"]
+    assert len(smtp.to("c5@example.com")) == 1
+
+
 async def test_quiet_hours_hold_a_message_until_morning_in_the_customers_time_zone(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:

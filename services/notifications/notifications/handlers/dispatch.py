@@ -12,8 +12,9 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from crm_shared import tracecontext
 from crm_shared.messaging.topics import OUTREACH
@@ -74,7 +75,22 @@ class Dispatcher:
         now = self.now()
         async with self.db.transaction() as conn:
             due = await outreach.due(conn, now, self.batch)
-            decided = [await self._decide(conn, d, now) for d in due]
+            customers = await outreach.load_customers(conn, {d["customer_id"] for d in due})
+            days = {
+                d["id"]: local_day(now, self._zone(customers.get(d["customer_id"]) or {}))
+                for d in due
+            }
+            sent = await outreach.sent_by_day(
+                conn,
+                {d["customer_id"] for d in due},
+                since=min((week_start(day) for day in days.values()), default=None),
+            )
+            decided = [
+                await self._decide(
+                    conn, d, customers.get(d["customer_id"]) or {}, days[d["id"]], sent, now
+                )
+                for d in due
+            ]
         to_send = [d for d in decided if d is not None]
         results = [await self._send(d) for d in to_send]
         counts = {"sent": 0, "failed": 0}
@@ -87,29 +103,33 @@ class Dispatcher:
             held=sum(1 for d in due if d["status"] == "held"),
         )
 
+    def _zone(self, customer: dict[str, Any]) -> ZoneInfo:
+        return zone(customer.get("time_zone"), self.safeguards.default_time_zone)
+
     async def _decide(
-        self, conn: Any, delivery: dict[str, Any], now: datetime
+        self,
+        conn: Any,
+        delivery: dict[str, Any],
+        customer: dict[str, Any],
+        today: date,
+        sent: outreach.SentByDay,
+        now: datetime,
     ) -> dict[str, Any] | None:
-        customer = (await outreach.load_customers(conn, [delivery["customer_id"]])).get(
-            delivery["customer_id"]
-        ) or {}
-        tz = zone(customer.get("time_zone"), self.safeguards.default_time_zone)
-        today = local_day(now, tz)
-        counts = [
-            await outreach.sent_count(
-                conn, delivery["customer_id"], delivery["channel"], day.isoformat()
-            )
-            for day in (today, week_start(today))
-        ]
+        """Decide one due message. `sent`: messages sent or sending by customer, channel and
+        local day, read once for the run; a message this run sends is added to it, so the
+        next one of the same customer counts it (as a query per message did)."""
+        mine = sent.get((delivery["customer_id"], delivery["channel"]), {})
         decision = decide(
             channel=delivery["channel"],
             transactional=delivery["transactional"],
             consent=customer.get("consent") or {},
-            tz=tz,
+            tz=self._zone(customer),
             now=now,
             due_at=delivery["due_at"],
-            sent_today=counts[0],
-            sent_this_week=counts[1],
+            sent_today=sum(n for day, n in mine.items() if day >= today.isoformat()),
+            sent_this_week=sum(
+                n for day, n in mine.items() if day >= week_start(today).isoformat()
+            ),
             rules=self.safeguards,
         )
         if decision.verdict == "suppress":
@@ -135,6 +155,8 @@ class Dispatcher:
             attempts=delivery["attempts"] + 1,
             local_date=today.isoformat(),
         )
+        mine = sent.setdefault((delivery["customer_id"], delivery["channel"]), {})
+        mine[today.isoformat()] = mine.get(today.isoformat(), 0) + 1
         return {**delivery, "customer": customer}
 
     async def _send(self, delivery: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
@@ -193,20 +193,37 @@ async def set_status(conn: AsyncConnection, delivery_id: str, now: datetime, **v
     )
 
 
-async def sent_count(
-    conn: AsyncConnection, customer_id: str, channel: str, since_local_date: str
-) -> int:
-    query = (
-        select(func.count())
-        .select_from(deliveries)
-        .where(
-            deliveries.c.customer_id == customer_id,
-            deliveries.c.channel == channel,
-            deliveries.c.status.in_(("sent", "sending")),
-            deliveries.c.local_date >= since_local_date,
+# (customer id, channel) -> local date (ISO) -> messages sent or sending that day
+SentByDay = dict[tuple[str, str], dict[str, int]]
+
+
+async def sent_by_day(
+    conn: AsyncConnection, customer_ids: Iterable[str], *, since: date | None
+) -> SentByDay:
+    """What caps count: these customers' messages sent (or being sent) on each local day
+    from `since` on, by channel."""
+    wanted = sorted(set(customer_ids))
+    found: SentByDay = {}
+    if since is None:
+        return found
+    for start in range(0, len(wanted), 1000):
+        query = (
+            select(
+                deliveries.c.customer_id,
+                deliveries.c.channel,
+                deliveries.c.local_date,
+                func.count(),
+            )
+            .where(
+                deliveries.c.customer_id.in_(wanted[start : start + 1000]),
+                deliveries.c.status.in_(("sent", "sending")),
+                deliveries.c.local_date >= since.isoformat(),
+            )
+            .group_by(deliveries.c.customer_id, deliveries.c.channel, deliveries.c.local_date)
         )
-    )
-    return int((await conn.execute(query)).scalar_one())
+        for customer_id, channel, day, count in await conn.execute(query):
+            found.setdefault((customer_id, channel), {})[day] = int(count)
+    return found
 
 
 async def interrupted(conn: AsyncConnection) -> list[dict[str, Any]]:
