@@ -168,7 +168,10 @@ def _traced(envelope: CloudEvent, record: ConsumerRecord[bytes, bytes]) -> Cloud
     (a producer that traces in headers only)."""
     if envelope.traceparent is not None or not record.headers:
         return envelope
-    return envelope.with_trace(_header_trace(record))
+    for name, _ in record.headers:
+        if name.lower() == tracecontext.TRACEPARENT:
+            return envelope.with_trace(_header_trace(record))
+    return envelope  # the usual case: headers, none of them a trace (content-type)
 
 
 def _header_trace(record: ConsumerRecord[bytes, bytes]) -> tracecontext.TraceContext | None:
