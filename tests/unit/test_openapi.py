@@ -56,3 +56,29 @@ async def test_a_405_names_every_method_of_the_path_in_allow(
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(("setting", "looked_up"), [(None, False), ("true", True)])
+async def test_fastapi_opentelemetry_is_off_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, looked_up: bool
+) -> None:
+    # Off, a request does not look for a tracer provider at all (that lookup read
+    # os.environ on every request); on, FastAPI's own instrumentation looks for one.
+    from opentelemetry import trace
+
+    calls: list[object] = []
+    real = trace.get_tracer_provider
+
+    def counted() -> trace.TracerProvider:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counted)
+    if setting is not None:
+        monkeypatch.setenv("CRM_OPENTELEMETRY", setting)
+    app = importlib.import_module("lifecycle.bootstrap").create_app()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert bool(calls) is looked_up

@@ -56,6 +56,13 @@ class ServiceSettings(BaseSettings):
     docs_public: bool = Field(
         default=True, description="serve /docs, /openapi.json and /asyncapi.json without a token"
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description=(
+            "FastAPI's native OpenTelemetry spans and metrics, for a process that configures an "
+            "OpenTelemetry SDK (off: it costs every request a look at the environment)"
+        ),
+    )
     # Request limits and browsers.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="request body cap")
     cors_origins: list[str] = Field(
