@@ -127,7 +127,13 @@ async def test_a_transient_database_failure_is_raised_for_retry_and_nothing_is_r
 
 
 def consumer_for(
-    core: CoreDb, broker: Broker, topic: str, group: str, handler: Recorder, producer: Any
+    core: CoreDb,
+    broker: Broker,
+    topic: str,
+    group: str,
+    handler: Recorder,
+    producer: Any,
+    before_fetch: Any = None,
 ) -> BatchConsumer:
     metrics = Metrics("t")
     proc = BatchProcessor(
@@ -150,7 +156,40 @@ def consumer_for(
             max_records=100,
         ),
         metrics,
+        before_fetch=before_fetch,
     )
+
+
+async def test_the_consumer_fetches_only_once_its_before_fetch_hook_lets_it(
+    core: CoreDb, broker: Broker, unique: str
+) -> None:
+    """The hook the runtime uses to let the outbox relay keep up (SQLite)."""
+    topic = await make_topic(broker.bootstrap, "hooked")
+    await produce(broker.bootstrap, topic, [(b"c1", encoded(customer="c1", event_id="e-1"))])
+    handler = Recorder()
+    go = asyncio.Event()
+    calls: list[int] = []
+
+    async def before_fetch() -> None:
+        calls.append(1)
+        await go.wait()
+
+    producer = make_producer(broker.bootstrap, client_id="t")
+    await producer.start()
+    consumer = consumer_for(core, broker, topic, f"g-{unique}", handler, producer, before_fetch)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _async(len(calls) == 1))
+        await asyncio.sleep(1.0)
+        assert handler.applied == [] and calls == [1]
+        go.set()
+        await eventually(lambda: _async(len(handler.applied) == 1))
+        assert len(calls) >= 2  # asked again before the next fetch
+    finally:
+        go.set()
+        consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
 
 
 async def test_a_poison_message_goes_to_the_dlq_and_the_next_good_one_is_processed(

@@ -128,3 +128,79 @@ async def test_a_busy_writer_does_not_hold_the_relay_back(core: CoreDb, broker: 
     records = await read_topic(broker.bootstrap, topic, count=60)
     seqs = [int(decode_headers(r.headers)["crm-seq"]) for r in records]
     assert sorted(seqs) == list(range(1, 61))  # each once
+
+
+async def test_keep_up_waits_for_the_relay_to_send_all_but_the_allowance(
+    core: CoreDb, broker: Broker
+) -> None:
+    topic = await make_topic(broker.bootstrap, "relay-keep-up")
+    producer = make_producer(broker.bootstrap, client_id="test-keep-up")
+    await producer.start()
+    metrics = Metrics("t")
+    relay = OutboxRelay(
+        core.db, Outbox(core.tables), producer, metrics, batch_size=10, poll_interval=30
+    )
+
+    def sent() -> float:
+        value = metrics.registry.get_sample_value("crm_events_published_total", {"topic": topic})
+        return value or 0.0
+
+    task = asyncio.create_task(relay.run())
+    try:
+        # Nothing written since start: the first round finds nothing, so no wait.
+        assert await asyncio.wait_for(relay.keep_up(allowance=0, within=5), 5)
+        await write(core, topic, [f"c{i % 3}" for i in range(45)])
+        relay.wake()  # as a consumer's commit does
+        assert await relay.keep_up(allowance=20, within=10)
+        assert sent() >= 25  # all but at most the allowance of 45, when it returned
+        assert await relay.keep_up(allowance=0, within=10)
+        assert sent() == 45
+        assert len(await read_topic(broker.bootstrap, topic, count=45)) == 45
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
+    assert await pending(core) == 0
+
+
+async def test_keep_up_does_not_wait_for_rows_published_before_a_restart(
+    core: CoreDb, broker: Broker
+) -> None:
+    topic = await make_topic(broker.bootstrap, "relay-restart")
+    await write(core, topic, [f"c{i}" for i in range(30)])
+    producer = make_producer(broker.bootstrap, client_id="test-keep-up-restart")
+    await producer.start()
+    try:
+        first = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"))
+        assert await first.publish_pending() == 30
+        # A new process: its relay has sent nothing, and nothing is left to send.
+        again = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"), poll_interval=30)
+        task = asyncio.create_task(again.run())
+        started = asyncio.get_running_loop().time()
+        assert await again.keep_up(allowance=0, within=5)
+        assert asyncio.get_running_loop().time() - started < 2
+        again.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await producer.stop()
+
+
+async def test_keep_up_gives_up_after_its_time_when_the_relay_cannot_send(core: CoreDb) -> None:
+    with Broker() as broker:
+        topic = await make_topic(broker.bootstrap, "relay-stuck")
+        producer = make_producer(broker.bootstrap, client_id="test-stuck", request_timeout_ms=1500)
+        await producer.start()
+        broker.pause()
+        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"), max_backoff=0.2)
+        task = asyncio.create_task(relay.run())
+        try:
+            await write(core, topic, ["a", "b", "c"])
+            relay.wake()
+            started = asyncio.get_running_loop().time()
+            assert not await relay.keep_up(allowance=0, within=1.0)
+            assert 0.9 <= asyncio.get_running_loop().time() - started < 3
+        finally:
+            relay.stop()
+            broker.resume()
+            await asyncio.wait_for(task, 15)
+            await producer.stop()

@@ -39,6 +39,10 @@ from crm_shared.store.outbox import Outbox
 from crm_shared.store.tables import CoreTables
 
 log = logging.getLogger(__name__)
+# SQLite: a consumer fetches more once the relay is within this many rounds of the outbox's
+# newest message, or after this long (the broker may be away).
+RELAY_ROUNDS_AHEAD = 2
+RELAY_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,22 @@ class Runtime:
                 max_records=s.consumer_max_records,
             )
 
-        return BatchConsumer(processor, factory, self.metrics, max_records=s.consumer_max_records)
+        return BatchConsumer(
+            processor,
+            factory,
+            self.metrics,
+            max_records=s.consumer_max_records,
+            before_fetch=self._keep_relay_up if self.db.dialect == "sqlite" else None,
+        )
+
+    async def _keep_relay_up(self) -> None:
+        """SQLite: before a consumer fetches more, let the relay send what the last batches
+        wrote, but a few rounds (see `OutboxRelay.keep_up`). Not on PostgreSQL: there
+        statements do not hold the event loop, and another replica's relay may be the one
+        publishing."""
+        if self.relay is not None:
+            allowance = RELAY_ROUNDS_AHEAD * self.settings.relay_batch_size
+            await self.relay.keep_up(allowance=allowance, within=RELAY_WAIT_S)
 
     async def _refresh_gauges(self) -> None:
         while not self._stopping:

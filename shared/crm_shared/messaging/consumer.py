@@ -275,8 +275,10 @@ class BatchConsumer:
         *,
         max_records: int = 500,
         max_backoff: float = 5.0,
+        before_fetch: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._processor = processor
+        self._before_fetch = before_fetch
         self._factory = consumer_factory
         self.metrics = metrics
         self._max_records = max_records
@@ -314,6 +316,8 @@ class BatchConsumer:
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
+            if self._before_fetch is not None:
+                await self._before_fetch()  # the outbox relay keeping up (SQLite)
             batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
             records = [record for batch in batches.values() for record in batch]
             if not records:

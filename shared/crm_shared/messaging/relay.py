@@ -15,11 +15,19 @@ is free, and otherwise keeps the ids and goes on past them (a cursor in memory),
 them with a later round. When it has caught up it marks everything, waiting for the lock if
 need be, and starts again from the oldest unpublished row (so rows marked pending again by
 a republish are seen). A crash before marking publishes those rows again: inboxes absorb it.
+
+Statements on SQLite run on the event loop, so a consumer applying large batches leaves the
+relay little of it: contacts ingested a whole replay before publishing most of it, and the
+services downstream waited. `keep_up` lets a consumer wait, before its next fetch, until
+the relay has sent all but a few rounds of what is in the outbox (bounded in time): the
+stream goes on downstream while it comes in, and the backlog stays in Kafka, not in the
+outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -81,9 +89,17 @@ class OutboxRelay:
         # SQLite: the highest id sent in this pass, and the sent ids not yet marked.
         self._cursor = 0
         self._unmarked: list[int] = []
+        # For `keep_up`: the highest id sent since start; wake-ups so far, and how many had
+        # come when the last round that found less than a batch to send began; a signal
+        # after every round.
+        self._sent_through = 0
+        self._wakes = 0
+        self._clear_at = -1
+        self._progress = asyncio.Event()
 
     def wake(self) -> None:
         """Something was written to the outbox: publish now rather than at the next poll."""
+        self._wakes += 1
         self._wake.set()
 
     def forget_sent(self) -> None:
@@ -95,6 +111,25 @@ class OutboxRelay:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._progress.set()
+
+    async def keep_up(self, *, allowance: int, within: float) -> bool:
+        """Wait until the relay has sent all but `allowance` of the messages in the outbox
+        now, or found nothing more to send in a round begun after the last wake-up, or
+        `within` seconds have passed (the broker may be away); whether it kept up."""
+        async with self._db.read() as conn:
+            target = await self._outbox.high_water(conn) - allowance
+        woken = self._wakes
+        deadline = asyncio.get_running_loop().time() + within
+        while not (self._clear_at >= woken or self._sent_through >= target or self._stopping):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self._progress.clear()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), timeout=left)
+        return True
 
     async def run(self) -> None:
         """Publish until stopped; back off while publishing fails."""
@@ -105,6 +140,7 @@ class OutboxRelay:
                 await self.recover_if_reset()  # outside the round's transaction
                 backoff = 0.0
             except Exception as exc:  # the broker or the database is away: retry later
+                self._progress.set()
                 self._metrics.relay_failures.inc()
                 backoff = min(self._max_backoff, max(0.1, backoff * 2))
                 log.warning(
@@ -113,6 +149,7 @@ class OutboxRelay:
                 )
                 await self._sleep(backoff)
                 continue
+            self._progress.set()
             if published < self._batch_size:
                 await self._sleep(self._poll_interval)
         try:
@@ -122,12 +159,16 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """One round: publish up to a batch of pending rows; return how many were published."""
+        began = self._wakes
         if self._db.dialect == "postgresql":
             async with self._db.transaction() as conn:
                 if not await _try_lock(conn, self._lock_key):
                     return 0
                 pending = await self._outbox.pending(conn, limit=self._batch_size)
-                return await self._publish(pending, conn)
+                published = await self._publish(pending, conn)
+            if published < self._batch_size:
+                self._clear_at = began
+            return published
         async with self._db.read() as conn:
             pending = await self._outbox.pending(conn, limit=self._batch_size, after=self._cursor)
         try:
@@ -139,6 +180,7 @@ class OutboxRelay:
         if published < self._batch_size:  # caught up: mark everything, start over
             await self._mark(wait=True)
             self._cursor = 0
+            self._clear_at = began
         return published
 
     async def _mark(self, *, wait: bool) -> None:
@@ -163,6 +205,8 @@ class OutboxRelay:
         outgoing = pending if self._prepare is None else await self._prepare(pending)
         sent = await self._send_all(outgoing)
         ok = [m.id for m, error in zip(pending, sent, strict=True) if error is None]
+        if ok:  # in id order
+            self._sent_through = max(self._sent_through, ok[-1])
         if conn is not None:
             await self._outbox.mark_published(conn, ok, self._clock())
         else:
