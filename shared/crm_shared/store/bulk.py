@@ -30,9 +30,13 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    sql: str | None  # None: not plain positional, use conn.execute(statement, rows)
     statement: Insert
-    to_tuple: Callable[[Row], tuple[Any, ...]] | None
+    # The driver's SQL and the row -> tuple function; None: use conn.execute(statement, rows)
+    direct: tuple[str, Callable[[Row], tuple[Any, ...]]] | None
+
+    @property
+    def sql(self) -> str | None:
+        return self.direct[0] if self.direct is not None else None
 
 
 _plans: dict[tuple[Any, ...], _Plan] = {}
@@ -56,22 +60,16 @@ async def insert_rows(
     plan_key = (conn.dialect.name, conn.dialect.paramstyle, table, columns, on_conflict, tuple(key))
     plan = _plans.get(plan_key)
     if plan is None:
-        plan = _plans[plan_key] = _plan(conn.dialect, table, columns, on_conflict, tuple(key))
-    if plan.sql is None or plan.to_tuple is None:
+        statement = _statement(conn.dialect, table, columns, on_conflict, tuple(key))
+        plan = _plans[plan_key] = _plan(conn.dialect, table, columns, statement)
+    if plan.direct is None:
         await conn.execute(plan.statement, list(rows))
         return
-    to_tuple = plan.to_tuple
-    await conn.exec_driver_sql(plan.sql, [to_tuple(row) for row in rows])
+    sql, to_tuple = plan.direct
+    await conn.exec_driver_sql(sql, [to_tuple(row) for row in rows])
 
 
-def _plan(
-    dialect: Dialect,
-    table: Table,
-    columns: tuple[str, ...],
-    on_conflict: Conflict,
-    key: tuple[str, ...],
-) -> _Plan:
-    statement = _statement(dialect, table, columns, on_conflict, key)
+def _plan(dialect: Dialect, table: Table, columns: tuple[str, ...], statement: Insert) -> _Plan:
     compiled = statement.compile(dialect=dialect, column_keys=list(columns))
     order = list(compiled.positiontup or ())
     if (
@@ -79,11 +77,11 @@ def _plan(
         or sorted(order) != sorted(columns)
         or compiled.literal_execute_params
     ):
-        return _Plan(None, statement, None)
+        return _Plan(statement, None)
     processors = [
         table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order
     ]
-    return _Plan(compiled.string, statement, _tuple_maker(order, processors))
+    return _Plan(statement, (compiled.string, _tuple_maker(order, processors)))
 
 
 def _statement(

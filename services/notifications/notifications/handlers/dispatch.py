@@ -75,21 +75,16 @@ class Dispatcher:
         now = self.now()
         async with self.db.transaction() as conn:
             due = await outreach.due(conn, now, self.batch)
-            customers = await outreach.load_customers(conn, {d["customer_id"] for d in due})
-            days = {
-                d["id"]: local_day(now, self._zone(customers.get(d["customer_id"]) or {}))
-                for d in due
-            }
-            sent = await outreach.sent_by_day(
-                conn,
-                {d["customer_id"] for d in due},
-                since=min((week_start(day) for day in days.values()), default=None),
-            )
+            ids = {d["customer_id"] for d in due}
+            customers = await outreach.load_customers(conn, ids)
+            whom = [(d, customers.get(d["customer_id"]) or {}) for d in due]
+            zones = [zone(c.get("time_zone"), self.safeguards.default_time_zone) for _, c in whom]
+            days = [local_day(now, tz) for tz in zones]
+            since = min((week_start(day) for day in days), default=None)
+            sent = await outreach.sent_by_day(conn, ids, since=since)
             decided = [
-                await self._decide(
-                    conn, d, customers.get(d["customer_id"]) or {}, days[d["id"]], sent, now
-                )
-                for d in due
+                await self._decide(conn, d, customer, tz, today, sent, now)
+                for (d, customer), tz, today in zip(whom, zones, days, strict=True)
             ]
         to_send = [d for d in decided if d is not None]
         results = [await self._send(d) for d in to_send]
@@ -103,14 +98,12 @@ class Dispatcher:
             held=sum(1 for d in due if d["status"] == "held"),
         )
 
-    def _zone(self, customer: dict[str, Any]) -> ZoneInfo:
-        return zone(customer.get("time_zone"), self.safeguards.default_time_zone)
-
     async def _decide(
         self,
         conn: Any,
         delivery: dict[str, Any],
         customer: dict[str, Any],
+        tz: ZoneInfo,
         today: date,
         sent: outreach.SentByDay,
         now: datetime,
@@ -123,7 +116,7 @@ class Dispatcher:
             channel=delivery["channel"],
             transactional=delivery["transactional"],
             consent=customer.get("consent") or {},
-            tz=self._zone(customer),
+            tz=tz,
             now=now,
             due_at=delivery["due_at"],
             sent_today=sum(n for day, n in mine.items() if day >= today.isoformat()),
