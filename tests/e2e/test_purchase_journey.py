@@ -97,6 +97,7 @@ async def test_every_service_reports_ready_and_serves_its_openapi_and_metrics(
         async with stack.client(name) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 200, (name, ready.text)
+            assert ready.json()["service"] == name
             assert (await client.get("/openapi.json")).json()["info"]["title"] == f"CRM {name}"
             metrics = (await client.get("/metrics")).text
             assert "crm_http_requests_total" in metrics and "crm_outbox_backlog" in metrics

@@ -46,6 +46,7 @@ async def test_a_service_whose_broker_is_away_serves_http_but_is_not_ready(
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"] == {"database": "ok", "broker": "connecting"}
+            assert ready.json()["service"] == "lifecycle"
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/v1/customers/x/stage")).status_code == 404
     finally:

@@ -162,6 +162,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 class Readiness(BaseModel):
+    service: str = Field(description="which service answered, e.g. `lifecycle`")
     status: Literal["ready", "not ready"]
     checks: dict[str, str] = Field(description='"ok", or why a dependency is not usable')
 
@@ -185,7 +186,11 @@ def _operations_router() -> APIRouter:
         checks = await runtime.readiness()
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
+            {
+                "service": runtime.name,
+                "status": "ready" if ready else "not ready",
+                "checks": checks,
+            },
             status_code=200 if ready else 503,
         )
 

@@ -89,6 +89,21 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return port
 
 
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """`count` distinct ports nothing listens on right now.
+
+    All are held open until the last is chosen: calling `free_port` in a row can hand out
+    the same port twice once the first socket is closed.
+    """
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could bind `host:port` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -25,7 +25,7 @@ import httpx
 from crm_shared.app.auth import issue_token
 from crm_shared.testing.broker import (
     DEFAULT_HOST,
-    free_port,
+    free_ports,
     kill,
     log_tail,
     port_is_free,
@@ -234,7 +234,13 @@ class ServiceProcess:
     def _is_ready(self, response: httpx.Response) -> bool:
         # Kept for the timeout message: a 503 body usually says what is missing.
         self._last_probe = f"{response.status_code} {response.text[:200]}"
-        return response.status_code == 200
+        if response.status_code != 200:
+            return False
+        answered = response.json().get("service")
+        if answered != self.name:
+            # Another process holds our port: its readiness must not pass for ours.
+            raise ServiceError(f"{self.name}: {self.url} is answered by {answered!r}")
+        return True
 
     def _raise_if_dead(self, what: str) -> None:
         if self._proc is None:
@@ -278,7 +284,9 @@ class Stack:
         self.bootstrap = bootstrap
         self.data_dir = data_dir.resolve()
         self.log_dir = (log_dir or self.data_dir / "logs").resolve()
-        ports = ports or {}
+        chosen = dict(ports or {})
+        unchosen = [name for name in names if not chosen.get(name)]
+        chosen.update(zip(unchosen, free_ports(len(unchosen), host), strict=True))
         urls = database_urls or {}
         # Services derive default paths from it; keep them inside this stack's directory.
         env = {"CRM_DATA_DIR": str(self.data_dir), **(env or {})}
@@ -293,7 +301,7 @@ class Stack:
         self.processes: dict[str, ServiceProcess] = {
             name: ServiceProcess(
                 name,
-                port=ports.get(name) or free_port(host),
+                port=chosen[name],
                 host=host,
                 bootstrap=bootstrap,
                 database_url=urls.get(name) or sqlite_url(self.data_dir / f"{name}.db"),
