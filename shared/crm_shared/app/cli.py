@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from crm_shared.app import heap
 from crm_shared.app.logging import configure_logging
 from crm_shared.app.settings import ServiceSettings
 from crm_shared.store.db import ensure_sqlite_directory
@@ -59,6 +60,7 @@ def service_cli(
         asyncio.run(upgrade_async(migrations, settings.database_url, args.revision))
         return 0
     app = create_app(settings)
+    heap.settle_after_startup(app, settings.gc_gen0_threshold)
     uvicorn.run(
         app,
         host=settings.http_host,

@@ -7,6 +7,8 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crm_shared.app.heap import DEFAULT_GEN0_THRESHOLD
+
 
 class ServiceSettings(BaseSettings):
     """Common settings; each service subclasses it with its name and default port."""
@@ -42,6 +44,14 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     shutdown_timeout_s: float = 10.0
+    gc_gen0_threshold: int = Field(
+        default=DEFAULT_GEN0_THRESHOLD,
+        ge=0,
+        description=(
+            "objects allocated (net) between young-generation garbage collections (0: the "
+            "interpreter's default, 700); the start-up heap is frozen either way"
+        ),
+    )
 
     # Authentication: bearer JWTs, HS256 with a shared secret and/or RS256 from a JWKS.
     auth_disabled: bool = Field(
