@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from pydantic import TypeAdapter
 from sqlalchemy.dialects.sqlite import DATETIME
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
@@ -39,3 +40,20 @@ def test_naive_timestamps_are_refused() -> None:
     assert process(None) is None
     with pytest.raises(ValueError, match="timezone-aware"):
         process(datetime(2026, 1, 1))
+
+
+def test_one_processor_fed_repeats_and_changes_writes_each_value_right() -> None:
+    # It keeps the last value's text: repeats (one object, or equal ones), other offsets,
+    # pydantic's own tzinfo and None in between must each still come out right.
+    parsed = TypeAdapter(datetime).validate_json('"2026-03-01T10:00:00.25+02:00"')
+    same = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    sequence = [same, same, None, same, parsed, parsed, *VALUES, *reversed(VALUES), same]
+    ours = UtcDateTime().bind_processor(DIALECT)
+    theirs = DATETIME().bind_processor(DIALECT)  # type: ignore[no-untyped-call]
+    assert ours is not None and theirs is not None
+    expected = [
+        None if v is None else theirs(v.astimezone(UTC).replace(tzinfo=None)) for v in sequence
+    ]
+    assert [ours(v) for v in sequence] == expected
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ours(same.replace(tzinfo=None))
