@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -23,6 +23,9 @@ VERSION = "00"
 SAMPLED = 0x01
 MAX_TRACESTATE = 512  # what W3C asks every vendor to pass on; longer values are dropped
 _FORMAT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# What this system writes, and most senders: version 00, sampled flag only. Such a value is
+# read by slicing; anything else goes through the general rules.
+_CANONICAL = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
 _STATE = re.compile(r"[\x20-\x7e]*")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -46,7 +49,8 @@ class TraceContext:
 
     def child(self) -> TraceContext:
         """A new span in the same trace, for work done on behalf of this one."""
-        return replace(self, span_id=_new_span_id())
+        # Not dataclasses.replace: this runs for every event a consumer reacts to.
+        return TraceContext(self.trace_id, _new_span_id(), self.flags, self.tracestate)
 
 
 def new_trace() -> TraceContext:
@@ -68,6 +72,9 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
     """
     if not traceparent or len(traceparent) < 55:
         return None
+    if _is_canonical(traceparent):
+        flags = SAMPLED if traceparent[54] == "1" else 0
+        return TraceContext(traceparent[3:35], traceparent[36:52], flags, parse_state(tracestate))
     match = _FORMAT.match(traceparent)
     if match is None:
         return None
@@ -80,6 +87,24 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
         return None
     # Only the sampled flag is defined for version 00; other bits are not passed on.
     return TraceContext(trace_id, span_id, int(flags, 16) & SAMPLED, parse_state(tracestate))
+
+
+def normalized(traceparent: str) -> str | None:
+    """The `traceparent` to pass on for a received one: None if it is malformed, else the
+    value as this system writes it (the same string, usually)."""
+    if _is_canonical(traceparent):
+        return traceparent
+    context = parse(traceparent)
+    return context.traceparent if context is not None else None
+
+
+def _is_canonical(traceparent: str) -> bool:
+    return (
+        len(traceparent) == 55
+        and _CANONICAL.fullmatch(traceparent) is not None
+        and traceparent[3:35] != _ZERO_TRACE
+        and traceparent[36:52] != _ZERO_SPAN
+    )
 
 
 def parse_state(tracestate: str | None) -> str | None:

@@ -48,6 +48,30 @@ def test_a_w3c_traceparent_is_read_into_its_parts() -> None:
 )
 def test_a_malformed_traceparent_is_no_trace(value: str) -> None:
     assert tracecontext.parse(value) is None
+    assert tracecontext.normalized(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        PARENT,
+        f"00-{TRACE_ID}-00f067aa0ba902b7-00",  # not sampled
+        f"00-{TRACE_ID}-00f067aa0ba902b7-03",  # undefined flag bits
+        f"00-{TRACE_ID}-00f067aa0ba902b7-0f",
+        f"cc-{TRACE_ID}-00f067aa0ba902b7-01-what-comes-next",
+        f"01-{TRACE_ID}-00f067aa0ba902b7-01",
+        f"00-{TRACE_ID}-00f067aa0ba902b7-1",  # short
+        f"00-{TRACE_ID}-00f067aa0ba902b7-01 ",  # one too many
+        f"00-{TRACE_ID}-{'0' * 15}1-01",  # a parent id with zeros, not all
+    ],
+)
+def test_the_fast_reading_of_usual_values_agrees_with_the_general_rules(value: str) -> None:
+    context = tracecontext.parse(value, "a=b")
+    assert tracecontext.normalized(value) == (context.traceparent if context else None)
+    if context is not None:
+        # The same context as the general path builds (flags reduced to the sampled bit).
+        assert context.flags in (0, 1) and context.tracestate == "a=b"
+        assert context.traceparent.startswith(f"00-{TRACE_ID}-")
 
 
 def test_a_later_version_is_read_as_far_as_version_00_goes() -> None:

@@ -61,8 +61,7 @@ class CloudEvent(BaseModel):
     @classmethod
     def _valid_traceparent(cls, value: Any) -> str | None:
         # As W3C asks of a malformed header: ignore it (the event itself is fine).
-        context = tracecontext.parse(value) if isinstance(value, str) else None
-        return context.traceparent if context is not None else None
+        return tracecontext.normalized(value) if isinstance(value, str) else None
 
     @field_validator("tracestate", mode="before")
     @classmethod
