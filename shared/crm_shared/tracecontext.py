@@ -73,8 +73,8 @@ def parse(traceparent: str | None, tracestate: str | None = None) -> TraceContex
     if not traceparent or len(traceparent) < 55:
         return None
     if _is_canonical(traceparent):
-        flags = SAMPLED if traceparent[54] == "1" else 0
-        return TraceContext(traceparent[3:35], traceparent[36:52], flags, parse_state(tracestate))
+        sampled = SAMPLED if traceparent[54] == "1" else 0
+        return TraceContext(traceparent[3:35], traceparent[36:52], sampled, parse_state(tracestate))
     match = _FORMAT.match(traceparent)
     if match is None:
         return None

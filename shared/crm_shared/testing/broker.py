@@ -83,10 +83,7 @@ def _is_executable(path: Path) -> bool:
 
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A port that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
