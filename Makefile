@@ -9,6 +9,10 @@ PIP_SCRIPT_DIRS := $(shell python3 -c 'import site, sysconfig; \
 	print(site.USER_BASE + "/bin:" + sysconfig.get_path("scripts"))' 2>/dev/null)
 # uv trusts the machine's certificate store (a TLS-inspecting proxy adds its CA there).
 export UV_SYSTEM_CERTS ?= 1
+# Installed packages come with their bytecode. Where PYTHONDONTWRITEBYTECODE is set (as on
+# CI), nothing else writes it, and each process compiles its imports from source: 6 s of
+# CPU to start a service instead of 2 s, for every service a test or `make run` starts.
+export UV_COMPILE_BYTECODE ?= 1
 export PATH := $(PATH):$(HOME)/.local/bin:$(PIP_SCRIPT_DIRS)
 
 SERVICES := contacts lifecycle scoring notifications
@@ -61,6 +65,8 @@ install:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --user uv || pip install uv
 	@command -v uv >/dev/null 2>&1 || { echo "uv was installed but is not on PATH" >&2; exit 1; }
 	@if [ -f uv.lock ]; then uv sync --frozen; else uv sync; fi
+	@# Our own packages are installed editable, so uv leaves their bytecode to us.
+	@uv run --frozen --no-sync python -m compileall -q services shared bench >/dev/null
 
 run: install
 	uv run crm-dev $(ARGS)
