@@ -45,7 +45,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make `bench` im
 
 import httpx
 
-from bench import closedloop, phases, profiling, runinfo
+from bench import closedloop, minimal_app, phases, profiling, runinfo
 from bench.observe import CpuMeter, Watcher, memory_mib, wait_idle
 from bench.rawhttp import RawHttp
 from bench.report import cpu_table, memory_lines, num, profile_lines
@@ -56,7 +56,7 @@ from crm_shared.testing.stack import ServiceProcess, Stack
 
 NAME = "http-reads"
 SERVICES = ("contacts", "lifecycle", "scoring")
-BASELINE = "baseline"
+BASELINE = minimal_app.NAME
 TARGETS = (BASELINE, *SERVICES)
 ROUTES = {
     BASELINE: "/v1/items/{id}",

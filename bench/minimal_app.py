@@ -18,6 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 
 ROUTE = "/v1/items/{item_id}"
+# What its readiness answers names, as every service's does (`ServiceProcess` checks it).
+NAME = "baseline"
 SHUTDOWN_TIMEOUT_S = 10  # the services' default CRM_SHUTDOWN_TIMEOUT_S
 
 
@@ -26,7 +28,7 @@ def create_app() -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> dict[str, str]:
-        return {"status": "ready"}
+        return {"service": NAME, "status": "ready"}
 
     @app.get(ROUTE)
     async def item(item_id: str) -> dict[str, str]:
