@@ -40,6 +40,7 @@ from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
 
 busy_timeout_ms = 200
 yield_every = 0.005
@@ -225,8 +226,11 @@ async def _ready() -> None:
 def _pause() -> None:
     """Before a statement: SQLAlchemy's async engine insists that a statement awaited
     something (`AwaitRequired` otherwise), so await a finished coroutine (a switch to the
-    loop's greenlet and back, ~1 us); every `yield_every` seconds let the loop run instead."""
+    loop's greenlet and back, ~1 us); every `yield_every` seconds let the loop run instead.
+    A statement run through the sync engine (`Database.fetch_one`) has nothing to await."""
     global _last_yield
+    if not in_greenlet():
+        return
     now = time.perf_counter()
     if now - _last_yield < yield_every:
         await_(_ready())

@@ -68,19 +68,19 @@ def _aware(name: str, value: datetime | None) -> None:
 async def get_stage(customer_id: str, runtime: RuntimeDep, as_of: AsOf = None) -> StageView:
     """The customer's lifecycle stage now, or as it was at `as_of`."""
     _aware("as_of", as_of)
-    async with runtime.db.read() as conn:
-        if as_of is not None:
+    if as_of is not None:
+        async with runtime.db.read() as conn:
             row = await stages.stage_as_of(conn, customer_id, as_of)
-            if row is None:
-                raise Problem(404, f"no lifecycle stage for customer {customer_id!r} by {as_of}")
-            return StageView(
-                customer_id=customer_id,
-                stage=row["to_stage"],
-                since=row["occurred_at"],
-                as_of=as_of,
-                policy_version=row["policy_version"],
-            )
-        state = await stages.state_of(conn, customer_id)
+        if row is None:
+            raise Problem(404, f"no lifecycle stage for customer {customer_id!r} by {as_of}")
+        return StageView(
+            customer_id=customer_id,
+            stage=row["to_stage"],
+            since=row["occurred_at"],
+            as_of=as_of,
+            policy_version=row["policy_version"],
+        )
+    state = await stages.state_of(runtime.db, customer_id)
     if state is None:
         raise Problem(404, f"no lifecycle stage for customer {customer_id!r}")
     return StageView(

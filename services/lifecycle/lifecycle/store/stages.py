@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.bulk import insert_rows
+from crm_shared.store.db import Database
 from crm_shared.store.sql import upsert
 from lifecycle.domain.policy import Policy
 from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of, order
@@ -245,10 +246,14 @@ async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:
     return to
 
 
-async def state_of(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
-    query = select(customer_stages).where(customer_stages.c.customer_id == customer_id)
-    row = (await conn.execute(query)).first()
-    return dict(row._mapping) if row else None
+# Built once: building a select and its cache key cost more than running it.
+_STATE = select(customer_stages).where(customer_stages.c.customer_id == bindparam("customer_id"))
+
+
+async def state_of(db: Database, customer_id: str) -> dict[str, Any] | None:
+    """The customer's row of the stage projection (one statement, by key)."""
+    row = await db.fetch_one(_STATE, {"customer_id": customer_id})
+    return dict(row) if row else None
 
 
 async def history_of(

@@ -71,10 +71,11 @@ async def get_score(
     that stood then (history keeps every published, material change)."""
     if as_of is not None and as_of.tzinfo is None:
         raise Problem(422, "as_of: give a time zone offset (RFC 3339)", field="as_of")
-    async with runtime.db.read() as conn:
-        found = await (
-            scores.as_of(conn, customer_id, as_of) if as_of else scores.current(conn, customer_id)
-        )
+    if as_of is None:
+        found = await scores.lookup(runtime.db, customer_id)
+    else:
+        async with runtime.db.read() as conn:
+            found = await scores.as_of(conn, customer_id, as_of)
     if found is None:
         raise Problem(404, f"no score for customer {customer_id!r}")
     return found

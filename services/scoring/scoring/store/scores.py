@@ -6,11 +6,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import cursor as cursor_text
 from crm_shared.store.bulk import insert_rows
+from crm_shared.store.db import Database
 from crm_shared.store.sql import upsert
 from scoring.domain.model import ScoringModel
 from scoring.store.tables import customer_stats, models, published_scores, score_history, scores
@@ -76,9 +77,19 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
+# Built once: building a select and its cache key cost more than running it.
+_CURRENT = select(scores).where(scores.c.customer_id == bindparam("customer_id"))
+
+
 async def current(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(select(scores).where(scores.c.customer_id == customer_id))).first()
+    row = (await conn.execute(_CURRENT, {"customer_id": customer_id})).first()
     return dict(row._mapping) if row else None
+
+
+async def lookup(db: Database, customer_id: str) -> dict[str, Any] | None:
+    """The customer's current score, as `current`, in one statement of its own."""
+    row = await db.fetch_one(_CURRENT, {"customer_id": customer_id})
+    return dict(row) if row else None
 
 
 async def as_of(conn: AsyncConnection, customer_id: str, at: datetime) -> dict[str, Any] | None:
