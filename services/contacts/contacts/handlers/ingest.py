@@ -126,8 +126,9 @@ class Ingestor:
                 outcomes.append(Outcome(event.id, "accepted"))
             except ValueError as exc:
                 outcomes.append(Outcome(event.id, "rejected", f"subject: {exc}", "subject"))
-        owners = await self._owners(conn, _first_times(fresh))
-        erased = await self._contacts.vault.erased(conn, set(owners.values()))
+        owners, created = await self._owners(conn, _first_times(fresh))
+        # A contact created just now has its key (making it checked for an erasure).
+        erased = await self._contacts.vault.erased(conn, set(owners.values()) - created)
         accepted = []
         for index, event, ident in fresh:
             owner = owners.get(ident)
@@ -186,9 +187,10 @@ class Ingestor:
 
     async def _owners(
         self, conn: AsyncConnection, first_times: dict[str, datetime]
-    ) -> dict[str, str]:
+    ) -> tuple[dict[str, str], set[str]]:
         """Identifier -> the contact it belongs to today, creating prospects as configured
-        (each dated by the first event that names it: `first_times`)."""
+        (each dated by the first event that names it: `first_times`); and the contacts
+        created."""
         idents = set(first_times)
         bare = {i for i in idents if i.startswith("id:")}
         owners = await records.resolve(conn, idents - bare)
@@ -199,9 +201,11 @@ class Ingestor:
                 survivor = merged[contact_id] and await records.survivor_of(conn, contact_id)
                 owners[ident] = survivor or contact_id
         missing = sorted(idents - set(owners))
-        if missing and self._unknown == "create":
-            owners.update(await self._create_prospects(conn, missing, first_times))
-        return owners
+        if not missing or self._unknown != "create":
+            return owners, set()
+        created = await self._create_prospects(conn, missing, first_times)
+        owners.update(created)
+        return owners, set(created.values())
 
     async def _create_prospects(
         self, conn: AsyncConnection, idents: list[str], first_times: dict[str, datetime]

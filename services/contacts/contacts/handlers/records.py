@@ -129,7 +129,7 @@ class ContactService:
             now=now,
         )
         states = [domain.fold(None, e, now, e.contact_id) for e in events]
-        await records.save(conn, states)
+        await records.save(conn, states, created=True)
         await self.outbox.add(
             conn,
             [

@@ -76,14 +76,16 @@ async def current(conn: AsyncConnection, contact_id: str) -> Contact | None:
     )
 
 
-async def save(conn: AsyncConnection, states: Sequence[Contact]) -> None:
-    """Write the read-model rows of these contacts (row, tags, attributes, identifiers)."""
+async def save(conn: AsyncConnection, states: Sequence[Contact], *, created: bool = False) -> None:
+    """Write the read-model rows of these contacts (row, tags, attributes, identifiers);
+    `created`: they are new in this transaction, so there are no old rows to replace."""
     if not states:
         return
     ids = [s.id for s in states]
     await upsert(conn, contacts, [_row(s) for s in states], key=["id"])
-    for table in (contact_tags, contact_attributes, identifiers):
-        await conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
+    if not created:
+        for table in (contact_tags, contact_attributes, identifiers):
+            await conn.execute(delete(table).where(table.c.contact_id.in_(ids)))
     tags = [{"tag": t, "contact_id": s.id} for s in states for t in s.profile.get("tags", [])]
     attrs = [
         {"contact_id": s.id, "name": k, "value": attribute_text(v)}

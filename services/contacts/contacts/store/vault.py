@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, null, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -36,6 +36,20 @@ class Vault:
     def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
         self._db = db
         self._clock = clock
+        # The keys read or made in the current write transaction (which the cache holds, so
+        # no later transaction can be taken for it): sealing a contact's creation and then
+        # its outbox message looked the same key up twice.
+        self._in_transaction: tuple[object, dict[str, bytes]] | None = None
+
+    def _known(self, conn: AsyncConnection) -> dict[str, bytes]:
+        """The keys this transaction has seen (empty outside a transaction)."""
+        sync = conn.sync_connection
+        transaction = sync.get_transaction() if sync is not None else None
+        if transaction is None or not transaction.is_active:
+            return {}
+        if self._in_transaction is None or self._in_transaction[0] is not transaction:
+            self._in_transaction = (transaction, {})
+        return self._in_transaction[1]
 
     async def keys(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
         """The keys that still exist among these contact ids."""
@@ -50,22 +64,40 @@ class Vault:
     async def keys_creating(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
         """The keys of these contacts, made for those that have none; refused for an
         erased contact (its data must not come back under a new key)."""
-        wanted = set(ids)
-        found = await self.keys(conn, wanted)
-        missing = wanted - set(found)
-        if not missing:
-            return found
-        erased = await self.erased(conn, missing)
-        if erased:
-            raise ErasedContact(sorted(erased)[0])
-        rows = [
-            {"contact_id": i, "key": privacy.new_key(), "created_at": self._clock()}
-            for i in sorted(missing)
-        ]
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        # A concurrent writer may make the same contact's key: keep whichever came first.
-        await conn.execute(dialect.insert(contact_keys).on_conflict_do_nothing(), rows)
-        return {**found, **await self.keys(conn, missing)}
+        asked = set(ids)
+        known = self._known(conn)
+        wanted = list(asked - set(known))
+        if not wanted:
+            return {i: known[i] for i in asked}
+        # Keys and erasures in one statement: an erased contact has no key row.
+        query = union_all(
+            select(contact_keys.c.contact_id, contact_keys.c.key).where(
+                contact_keys.c.contact_id.in_(wanted)
+            ),
+            select(erasures.c.contact_id, null().label("key")).where(
+                erasures.c.contact_id.in_(wanted)
+            ),
+        )
+        found: dict[str, bytes] = {}
+        for row in await conn.execute(query):
+            if row.key is None:
+                raise ErasedContact(row.contact_id)
+            found[row.contact_id] = bytes(row.key)
+        missing = sorted(set(wanted) - set(found))
+        if missing:
+            made = {i: privacy.new_key() for i in missing}
+            now = self._clock()
+            rows = [{"contact_id": i, "key": key, "created_at": now} for i, key in made.items()]
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            # A concurrent writer may make the same contact's key: keep whichever came first.
+            insert_keys = dialect.insert(contact_keys).on_conflict_do_nothing()
+            result = await conn.execute(insert_keys, rows)
+            if result.rowcount == len(rows):  # every one went in: these are the keys
+                found.update(made)
+            else:
+                found.update(await self.keys(conn, missing))
+        known.update(found)
+        return {i: known[i] for i in asked if i in known}
 
     async def erased(self, conn: AsyncConnection, ids: Iterable[str]) -> set[str]:
         wanted = list(set(ids))
@@ -76,6 +108,9 @@ class Vault:
 
     async def destroy(self, conn: AsyncConnection, ids: Sequence[str], *, erased_with: str) -> None:
         """Delete the keys of these contacts and remember that they were erased."""
+        known = self._known(conn)
+        for contact_id in ids:
+            known.pop(contact_id, None)
         await conn.execute(delete(contact_keys).where(contact_keys.c.contact_id.in_(ids)))
         already = await self.erased(conn, ids)
         rows = [
