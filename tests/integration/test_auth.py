@@ -84,6 +84,12 @@ async def test_every_route_refuses_a_missing_token_and_a_token_without_its_scope
     await app.state.runtime.migrate()
     async with client(app) as anonymous:
         schema = (await anonymous.get("/openapi.json")).json()
+        scheme = schema["components"]["securitySchemes"]["bearerAuth"]
+        assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == (
+            "http",
+            "bearer",
+            "JWT",
+        )
         checked = 0
         for method, path, operation in operations(schema):
             security = operation.get("security")
@@ -202,8 +208,12 @@ async def test_a_good_token_passes_and_scopes_can_come_as_a_list(
     assert ok.status_code == 200
     listed = _hs(_claims(scope=None, scp=["lifecycle:read"]))
     assert (await lifecycle.get("/v1/stages/summary", headers=bearer(listed))).status_code == 200
-    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
-    assert (await lifecycle.get("/v1/stages/summary", headers=basic)).status_code == 401
+    lower = {"Authorization": f"bearer {token(['lifecycle:read'])}"}
+    assert (await lifecycle.get("/v1/stages/summary", headers=lower)).status_code == 200
+    for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer ", token(["lifecycle:read"])):
+        refused = await lifecycle.get("/v1/stages/summary", headers={"Authorization": header})
+        assert refused.status_code == 401, header
+        assert refused.json()["detail"].startswith("a bearer token is required"), header
 
 
 class RsaKeys:
