@@ -80,10 +80,10 @@ class ContactService:
         self.wake = wake
 
     async def get(self, contact_id: str, *, as_of: datetime | None = None) -> Contact:
-        async with self.db.read() as conn:
-            if as_of is None:
-                state = await records.current(conn, contact_id)
-            else:
+        if as_of is None:
+            state = await records.lookup(self.db, contact_id)
+        else:
+            async with self.db.read() as conn:
                 state = await records.load(conn, self.store, self.registry, contact_id, as_of=as_of)
         if state is None:
             raise NotFound(contact_id)
