@@ -3,6 +3,8 @@ database (on SQLite: synchronously, in autocommit mode, on a connection kept for
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 
@@ -86,3 +88,25 @@ async def test_reads_go_on_after_the_database_is_disposed_and_used_again(db: Dat
         await conn.execute(items.insert().values(id=4, name="four"))
     row = await db.fetch_one(BY_ID, {"id": 4})
     assert row is not None and row["name"] == "four"
+
+
+async def test_the_first_read_waits_for_a_free_connection_when_all_are_taken(
+    database_url: str,
+) -> None:
+    db = Database(database_url, pool_size=1)  # SQLite keeps 3, PostgreSQL 1 + 1 overflow
+    try:
+        async with db.transaction() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(items.insert().values(id=1, name="one"))
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(3 if db.dialect == "sqlite" else 2):
+                await held.enter_async_context(db.read())
+            reading = asyncio.create_task(db.fetch_one(BY_ID, {"id": 1}))
+            await asyncio.sleep(0.2)
+            assert not reading.done()  # waiting for a connection, not failing
+        row = await asyncio.wait_for(reading, timeout=10)
+        assert row is not None and row["name"] == "one"
+        rows = await asyncio.gather(*(db.fetch_one(BY_ID, {"id": 1}) for _ in range(20)))
+        assert all(r is not None and r["name"] == "one" for r in rows)
+    finally:
+        await db.dispose()

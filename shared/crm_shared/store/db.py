@@ -10,6 +10,7 @@ tries to upgrade. Reads use deferred transactions and, in WAL mode, never block 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, CursorResult, RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_, greenlet_spawn
 
 from crm_shared.store import sqlite_inline
 
@@ -109,7 +110,7 @@ class Database:
     ) -> RowMapping | None:
         """The first row one read statement returns, or None; see `fetch_all`."""
         if self._inline:
-            return self._alone(statement, parameters).mappings().first()
+            return (await self._alone(statement, parameters)).mappings().first()
         async with self.engine.connect() as conn:
             return (await conn.execute(statement, parameters)).mappings().first()
 
@@ -123,32 +124,46 @@ class Database:
         a third of a `read()` block's CPU for a read by key. The loop waits for it, so it is
         for statements by key or bounded by a small limit."""
         if self._inline:
-            return list(self._alone(statement, parameters).mappings().all())
+            return list((await self._alone(statement, parameters)).mappings().all())
         async with self.engine.connect() as conn:
             return list((await conn.execute(statement, parameters)).mappings().all())
 
-    def _alone(
+    async def _alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None
     ) -> CursorResult[Any]:
         reader = self._reader
         if reader is None or reader.invalidated:
-            reader = self._reader = self.engine.sync_engine.connect().execution_options(
-                **{_ALONE: True}
-            )
+            reader = await self._open_reader()
         try:
             return reader.execute(statement, parameters)
         except BaseException:
-            reader.rollback()
+            with contextlib.suppress(Exception):
+                reader.rollback()
             raise
+
+    async def _open_reader(self) -> Connection:
+        """The connection `fetch_*` use, checked out of the pool where the pool may wait."""
+        opened = await greenlet_spawn(
+            lambda: self.engine.sync_engine.connect().execution_options(**{_ALONE: True})
+        )
+        current = self._reader
+        if current is not None and not current.invalidated:  # another task was quicker
+            await greenlet_spawn(opened.close)
+            return current
+        if current is not None:
+            with contextlib.suppress(Exception):
+                await greenlet_spawn(current.close)
+        self._reader = opened
+        return opened
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await greenlet_spawn(reader.close)
         await self.engine.dispose()
 
 
