@@ -110,3 +110,20 @@ async def test_the_first_read_waits_for_a_free_connection_when_all_are_taken(
         assert all(r is not None and r["name"] == "one" for r in rows)
     finally:
         await db.dispose()
+
+
+async def test_an_in_memory_sqlite_database_reads_through_its_one_connection() -> None:
+    db = Database("sqlite:///:memory:")
+    try:
+        async with db.transaction() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(items.insert().values(id=1, name="one"))
+        row = await db.fetch_one(BY_ID, {"id": 1})
+        every = await db.fetch_all(ALL)
+        async with db.transaction() as conn:  # the one connection is free again
+            await conn.execute(items.insert().values(id=2, name="two"))
+        assert row is not None and row["name"] == "one"
+        assert [r["id"] for r in every] == [1]
+        assert len(await db.fetch_all(ALL)) == 2
+    finally:
+        await db.dispose()

@@ -76,7 +76,13 @@ class Database:
         # next one as soon as the lock is free; left to SQLite, waiting connections sleep in
         # its busy handler (up to 100 ms each time) and throughput collapses under load.
         self._write_turn = asyncio.Lock() if is_sqlite(self.engine) else None
-        self._inline = self.engine.dialect.driver == "inline"
+        # Reads by key on a connection of their own (`fetch_one`): for a file; an in-memory
+        # database has one connection, shared, so its reads keep to the async path.
+        self._inline = self.engine.dialect.driver == "inline" and parsed.database not in (
+            None,
+            "",
+            ":memory:",
+        )
         self._reader: Connection | None = None
 
     @property
