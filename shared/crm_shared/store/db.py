@@ -115,10 +115,7 @@ class Database:
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> RowMapping | None:
         """The first row one read statement returns, or None; see `fetch_all`."""
-        if self._inline:
-            return (await self._alone(statement, parameters)).mappings().first()
-        async with self.engine.connect() as conn:
-            return (await conn.execute(statement, parameters)).mappings().first()
+        return (await self._alone(statement, parameters)).mappings().first()
 
     async def fetch_all(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
@@ -129,14 +126,15 @@ class Database:
         on a connection kept for these reads: no pool, no BEGIN, no greenlet hand-offs, about
         a third of a `read()` block's CPU for a read by key. The loop waits for it, so it is
         for statements by key or bounded by a small limit."""
-        if self._inline:
-            return list((await self._alone(statement, parameters)).mappings().all())
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(statement, parameters)).mappings().all())
+        return list((await self._alone(statement, parameters)).mappings().all())
 
     async def _alone(
         self, statement: Executable, parameters: Mapping[str, Any] | None
     ) -> CursorResult[Any]:
+        """The statement's result, buffered (it outlives the connection)."""
+        if not self._inline:
+            async with self.engine.connect() as conn:
+                return await conn.execute(statement, parameters)
         reader = self._reader
         if reader is None or reader.invalidated:
             reader = await self._open_reader()
