@@ -195,6 +195,43 @@ async def test_a_purchase_before_the_delay_ends_cancels_the_message(
     assert smtp.to("c2@example.com") == []
 
 
+async def test_one_batch_cancels_each_customers_messages_by_the_first_event_that_does(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Many customers in one batch: each message is cancelled by its own customer's first
+    qualifying event (not one before the trigger, not another customer's), and each
+    cancellation is published once."""
+    customers = [f"b{i}" for i in range(5)]
+    setup = [e for c in customers for e in (*contact(c, NOON), stage(c, "dormant", NOON))]
+    await feed(app, setup)
+
+    def purchase(customer: str, at: datetime) -> Event[EventData]:
+        data = {"order_id": f"o-{customer}-{at:%d}", "amount": "5", "currency": "EUR"}
+        return ev("crm.purchase.completed.v1", customer, data, at)
+
+    early = purchase("b0", NOON - timedelta(days=1))  # before the trigger: cancels nothing
+    first = {c: purchase(c, NOON + timedelta(days=1)) for c in customers[:3]}
+    later = purchase("b1", NOON + timedelta(days=2))
+    await feed(app, [early, first["b0"], later, first["b1"], first["b2"]])
+    cause = {**first, "b1": later}  # the first in the batch that qualifies
+
+    async with app.state.runtime.db.read() as conn:
+        table = app.state.runtime.outbox._t
+        rows = (await conn.execute(table.select().order_by(table.c.id))).mappings().all()
+    published = [r["payload"] for r in rows if "suppressed" in str(r["payload"])]
+    for customer in customers:
+        [delivery] = await deliveries(client, customer)
+        if customer in first:
+            assert delivery["status"] == "suppressed"
+            assert delivery["reason"] == (
+                f"cancelled by crm.purchase.completed.v1 ({cause[customer].id})"
+            )
+            assert sum(delivery["id"] in str(p) for p in published) == 1
+        else:
+            assert delivery["status"] == "scheduled"
+            assert not any(delivery["id"] in str(p) for p in published)
+
+
 async def test_no_consent_no_marketing_mail(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:

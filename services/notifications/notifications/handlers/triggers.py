@@ -5,6 +5,7 @@ and triggering event, however often the event is delivered)."""
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,21 +89,19 @@ class Triggers:
         self, conn: AsyncConnection, events: list[Event[EventData]], now: datetime
     ) -> None:
         """A scheduled message whose rule names this event type is cancelled (for instance
-        the win-back mail when the customer buys before it goes out)."""
-        pending = await outreach.cancellable(conn, {e.subject for e in events})
-        for delivery in pending:
-            for event in events:
-                if (
-                    event.subject == delivery["customer_id"]
-                    and event.type in delivery["cancel_on"]
-                    and event.time >= delivery["trigger_time"]
-                ):
-                    reason = f"cancelled by {event.type} ({event.id})"
-                    await outreach.set_status(
-                        conn, delivery["id"], now, status="suppressed", reason=reason
-                    )
-                    await self.outbox.add(conn, [_suppressed(delivery, reason)], now)
+        the win-back mail when the customer buys before it goes out), by the first such
+        event of the batch; all of them in one statement."""
+        by_customer: dict[str, list[Event[EventData]]] = defaultdict(list)
+        for event in events:
+            by_customer[event.subject].append(event)
+        cancelled: list[tuple[dict[str, Any], str]] = []
+        for delivery in await outreach.cancellable(conn, by_customer):
+            for event in by_customer[delivery["customer_id"]]:
+                if event.type in delivery["cancel_on"] and event.time >= delivery["trigger_time"]:
+                    cancelled.append((delivery, f"cancelled by {event.type} ({event.id})"))
                     break
+        await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
+        await self.outbox.add(conn, [_suppressed(d, reason) for d, reason in cancelled], now)
 
 
 def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -168,11 +168,20 @@ async def add_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
 
 
 async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
-    query = select(deliveries).where(
-        deliveries.c.customer_id.in_(list(set(customer_ids))),
-        deliveries.c.status.in_(("scheduled", "held")),
-    )
-    return [dict(r._mapping) for r in await conn.execute(query)]
+    """These customers' messages not sent yet, by customer in the order they were made."""
+    wanted = sorted(set(customer_ids))
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(wanted), 1000):
+        query = (
+            select(deliveries)
+            .where(
+                deliveries.c.customer_id.in_(wanted[start : start + 1000]),
+                deliveries.c.status.in_(("scheduled", "held")),
+            )
+            .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
+        )
+        found += [dict(r._mapping) for r in await conn.execute(query)]
+    return found
 
 
 async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[dict[str, Any]]:
@@ -191,6 +200,22 @@ async def set_status(conn: AsyncConnection, delivery_id: str, now: datetime, **v
     await conn.execute(
         update(deliveries).where(deliveries.c.id == delivery_id).values(updated_at=now, **values)
     )
+
+
+_SUPPRESS = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"))
+    .values(status="suppressed", reason=bindparam("why"), updated_at=bindparam("at"))
+)
+
+
+async def suppress(
+    conn: AsyncConnection, reasons: Sequence[tuple[str, str]], now: datetime
+) -> None:
+    """Suppress these messages (id, reason), in one statement."""
+    if reasons:
+        rows = [{"delivery_id": i, "why": why, "at": now} for i, why in reasons]
+        await conn.execute(_SUPPRESS, rows)
 
 
 # (customer id, channel) -> local date (ISO) -> messages sent or sending that day
