@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -154,8 +155,8 @@ class BatchProcessor:
                 await self._dead.send([Rejected(item.record, reason)], consumer=self.name)
 
     def _count(self, fresh: list[Received], *, duplicates: int) -> None:
-        for item in fresh:
-            self._metrics.events_consumed.labels(self.name, item.record.topic).inc()
+        for topic, count in Counter(item.record.topic for item in fresh).items():
+            self._metrics.events_consumed.labels(self.name, topic).inc(count)
         if log.isEnabledFor(logging.DEBUG):
             for item in fresh:
                 _log_applied(self.name, item)

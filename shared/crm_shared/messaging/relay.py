@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -270,10 +271,11 @@ class OutboxRelay:
         return again
 
     def _count(self, pending: list[PendingMessage], sent: list[BaseException | None]) -> None:
-        for message, error in zip(pending, sent, strict=True):
-            if error is None:
-                self._metrics.events_published.labels(message.topic).inc()
-                self._metrics.outbox_position.set(message.id)
+        published = [m for m, error in zip(pending, sent, strict=True) if error is None]
+        for topic, count in Counter(m.topic for m in published).items():
+            self._metrics.events_published.labels(topic).inc(count)
+        if published:
+            self._metrics.outbox_position.set(published[-1].id)
 
     async def _sleep(self, seconds: float) -> None:
         # A wake-up that arrived during the last round ends this sleep at once.
