@@ -22,6 +22,7 @@ from notifications.handlers.dispatch import Dispatcher
 from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
 from notifications.store import outreach
+from notifications.store.tables import deliveries as deliveries_table
 from tests.support.apps import api_client
 from tests.support.auth import auth_headers
 from tests.support.mailbox import Mailbox, mailbox
@@ -242,6 +243,66 @@ async def test_no_consent_no_marketing_mail(
         "suppressed",
         "no consent on email (not given)",
     )
+
+
+async def test_one_dispatch_run_suppresses_many_messages_each_with_its_outcome_published(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    customers = ["s1", "s2", "s3"]
+    churned = [stage(c, "churned", NOON) for c in customers]
+    await feed(app, [e for c in customers for e in contact(c, NOON, consent=False)] + churned)
+    [first] = await deliveries(client, "s1")
+    async with app.state.runtime.db.transaction() as conn:  # an earlier attempt failed
+        await outreach.set_status(conn, first["id"], NOON, error="endpoint down")
+    outcome = await dispatch(app, NOON)
+    assert outcome.suppressed >= len(customers)
+    async with app.state.runtime.db.read() as conn:
+        table = app.state.runtime.outbox._t
+        payloads = [str(p) for p in (await conn.execute(table.select())).scalars(table.c.payload)]
+    for customer in customers:
+        [suppressed] = await deliveries(client, customer)
+        assert (suppressed["status"], suppressed["reason"]) == (
+            "suppressed",
+            "no consent on email (not given)",
+        )
+        assert suppressed.get("error") is None
+        published = [p for p in payloads if suppressed["id"] in p and "suppressed" in p]
+        assert len(published) == 1
+    assert smtp.to("s1@example.com") == []
+
+
+async def test_due_messages_come_oldest_first_across_scheduled_and_held(app: FastAPI) -> None:
+    def row(n: int, status: str, hours: int) -> dict[str, Any]:
+        return {
+            "id": f"due-{n}",
+            "idempotency_key": f"due-{n}",
+            "rule_id": "wake_up",
+            "rule_version": 1,
+            "customer_id": f"due-c{n}",
+            "channel": "email",
+            "template": "wake_up",
+            "transactional": False,
+            "status": status,
+            "due_at": NOON + timedelta(hours=hours),
+            "trigger_event_id": f"due-e{n}",
+            "trigger_kind": "stage",
+            "trigger_time": NOON,
+            "cancel_on": [],
+            "context": {},
+            "attempts": 0,
+            "created_at": NOON,
+            "updated_at": NOON,
+        }
+
+    plan = [("scheduled", 5), ("held", 1), ("sent", 0), ("scheduled", 2), ("held", 3), ("held", 9)]
+    async with app.state.runtime.db.transaction() as conn:
+        await conn.execute(
+            deliveries_table.insert(), [row(n, s, h) for n, (s, h) in enumerate(plan)]
+        )
+        first = await outreach.due(conn, NOON + timedelta(hours=6), limit=3)
+        rest = await outreach.due(conn, NOON + timedelta(hours=6), limit=10)
+    assert [d["id"] for d in first] == ["due-1", "due-3", "due-4"]
+    assert [d["id"] for d in rest] == ["due-1", "due-3", "due-4", "due-0"]
 
 
 async def test_caps_count_the_customers_local_day(

@@ -82,10 +82,12 @@ class Dispatcher:
             days = [local_day(now, tz) for tz in zones]
             since = min((week_start(day) for day in days), default=None)
             sent = await outreach.sent_by_day(conn, ids, since=since)
+            suppressed: list[tuple[dict[str, Any], str | None]] = []
             decided = [
-                await self._decide(conn, d, customer, tz, today, sent, now)
+                await self._decide(conn, d, customer, tz, today, sent, now, suppressed)
                 for (d, customer), tz, today in zip(whom, zones, days, strict=True)
             ]
+            await self._suppress(conn, suppressed, now)
         to_send = [d for d in decided if d is not None]
         results = [await self._send(d) for d in to_send]
         counts = {"sent": 0, "failed": 0}
@@ -107,10 +109,12 @@ class Dispatcher:
         today: date,
         sent: outreach.SentByDay,
         now: datetime,
+        suppressed: list[tuple[dict[str, Any], str | None]],
     ) -> dict[str, Any] | None:
         """Decide one due message. `sent`: messages sent or sending by customer, channel and
         local day, read once for the run; a message this run sends is added to it, so the
-        next one of the same customer counts it (as a query per message did)."""
+        next one of the same customer counts it (as a query per message did). A message
+        suppressed goes to `suppressed` (with the reason), for `_suppress`."""
         mine = sent.get((delivery["customer_id"], delivery["channel"]), {})
         decision = decide(
             channel=delivery["channel"],
@@ -127,7 +131,7 @@ class Dispatcher:
         )
         if decision.verdict == "suppress":
             delivery["status"] = "suppressed"
-            await self._finish(conn, delivery, "suppressed", reason=decision.reason)
+            suppressed.append((delivery, decision.reason))
             return None
         if decision.verdict == "hold":
             delivery["status"] = "held"
@@ -222,6 +226,24 @@ class Dispatcher:
             error=detail,
             due_at=self.now() + timedelta(seconds=delay),
         )
+
+    async def _suppress(
+        self, conn: Any, suppressed: list[tuple[dict[str, Any], str | None]], now: datetime
+    ) -> None:
+        """What `_finish` does for each suppressed message, for all of them in one statement
+        and one outbox insert (a run decides up to a batch of messages)."""
+        await outreach.suppress(
+            conn, [(d["id"], reason) for d, reason in suppressed], now, clear_error=True
+        )
+        events = [
+            OutgoingMessage(
+                OUTREACH,
+                d["customer_id"],
+                outreach_event(d, "suppressed", reason=reason, at=now),
+            )
+            for d, reason in suppressed
+        ]
+        await self.outbox.add(conn, events, now)
 
     async def _finish(
         self,
