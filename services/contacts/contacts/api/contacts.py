@@ -159,7 +159,8 @@ async def list_contacts(
             rows, next_cursor = await queries.list_contacts(conn, where, limit=limit, cursor=cursor)
         except queries.BadCursor as exc:
             raise Problem(422, str(exc), field="cursor") from None
-    return ContactPage(items=[ContactView.of_row(r) for r in rows], next_cursor=next_cursor)
+    items = [ContactView.of(records.contact_of(r)) for r in rows]
+    return ContactPage(items=items, next_cursor=next_cursor)
 
 
 def _attribute(raw: str) -> tuple[str, str]:

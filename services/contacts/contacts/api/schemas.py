@@ -80,21 +80,6 @@ class ContactView(BaseModel):
             consent={k: ConsentEntry.model_validate(v) for k, v in state.consent.items()},
         )
 
-    @classmethod
-    def of_row(cls, row: dict[str, Any]) -> ContactView:
-        return cls(
-            id=row["id"],
-            version=row["version"],
-            status=row["status"],
-            merged_into=row["merged_into"],
-            origin=row["origin"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            profile=row["profile"],
-            external_ids=row["external_ids"],
-            consent={k: ConsentEntry.model_validate(v) for k, v in row["consent"].items()},
-        )
-
 
 class ContactPage(BaseModel):
     items: list[ContactView]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, delete, select
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.domain.contact import Contact, fold
@@ -66,16 +65,17 @@ async def current(conn: AsyncConnection, contact_id: str) -> Contact | None:
     change to the stream, so equal to `load` without `as_of`, in one by-key read instead
     of reading, opening and folding every event of the stream."""
     row = (await conn.execute(_BY_ID, {"contact_id": contact_id})).first()
-    return None if row is None else _contact(row._mapping)
+    return None if row is None else contact_of(row._mapping)
 
 
 async def lookup(db: Database, contact_id: str) -> Contact | None:
     """`current` in one statement of its own (a read outside any transaction)."""
     row = await db.fetch_one(_BY_ID, {"contact_id": contact_id})
-    return None if row is None else _contact(row)
+    return None if row is None else contact_of(row)
 
 
-def _contact(row: RowMapping) -> Contact:
+def contact_of(row: Mapping[Any, Any]) -> Contact:
+    """A contact from its read-model row."""
     return Contact(
         id=row["id"],
         version=row["version"],
