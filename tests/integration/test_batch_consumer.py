@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.app.metrics import Metrics
 from crm_shared.events import CATALOG, Event, EventData
-from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters
+from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters, FetchWait
 from crm_shared.messaging.kafka import decode_headers, make_consumer, make_producer
 from crm_shared.store.inbox import Inbox
 from crm_shared.testing.broker import Broker
@@ -134,6 +134,7 @@ def consumer_for(
     handler: Recorder,
     producer: Any,
     before_fetch: Any = None,
+    fetch_wait: FetchWait | None = None,
 ) -> BatchConsumer:
     metrics = Metrics("t")
     proc = BatchProcessor(
@@ -157,6 +158,7 @@ def consumer_for(
         ),
         metrics,
         before_fetch=before_fetch,
+        fetch_wait=fetch_wait,
     )
 
 
@@ -187,6 +189,36 @@ async def test_the_consumer_fetches_only_once_its_before_fetch_hook_lets_it(
         assert len(calls) >= 2  # asked again before the next fetch
     finally:
         go.set()
+        consumer.stop()
+        await asyncio.wait_for(task, 15)
+        await producer.stop()
+
+
+async def test_a_quiet_consumer_fetches_with_the_idle_wait_and_a_record_brings_it_back(
+    core: CoreDb, broker: Broker, unique: str
+) -> None:
+    """The embedded broker holds every fetch for the whole wait: a quiet consumer asks less
+    often, and the first record after the quiet spell is still applied."""
+    topic = await make_topic(broker.bootstrap, "paced")
+    handler = Recorder()
+    producer = make_producer(broker.bootstrap, client_id="t")
+    await producer.start()
+    wait = FetchWait(busy_ms=10, idle_ms=400, idle_after_s=0.5)
+    consumer = consumer_for(core, broker, topic, f"g-{unique}", handler, producer, None, wait)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await produce(broker.bootstrap, topic, [(b"c1", encoded(customer="c1", event_id="e-1"))])
+        await eventually(lambda: _async(handler.applied == ["e-1"]))
+        assert consumer.fetch_wait_ms == 10
+        await eventually(lambda: _async(consumer.fetch_wait_ms == 400))
+        # What the fetch requests carry: aiokafka's fetcher builds each from this value.
+        assert consumer._consumer is not None
+        assert consumer._consumer._fetcher._fetch_max_wait_ms == 400
+        await produce(broker.bootstrap, topic, [(b"c2", encoded(customer="c2", event_id="e-2"))])
+        await eventually(lambda: _async(handler.applied == ["e-1", "e-2"]))
+        assert consumer.fetch_wait_ms == 10
+        assert consumer._consumer._fetcher._fetch_max_wait_ms == 10
+    finally:
         consumer.stop()
         await asyncio.wait_for(task, 15)
         await producer.stop()

@@ -27,7 +27,13 @@ from crm_shared.app.metrics import Metrics
 from crm_shared.app.settings import ServiceSettings
 from crm_shared.events.catalog import CATALOG
 from crm_shared.events.registry import EventRegistry
-from crm_shared.messaging.consumer import BatchConsumer, BatchProcessor, DeadLetters, Handler
+from crm_shared.messaging.consumer import (
+    BatchConsumer,
+    BatchProcessor,
+    DeadLetters,
+    FetchWait,
+    Handler,
+)
 from crm_shared.messaging.kafka import make_consumer, make_producer
 from crm_shared.messaging.relay import OutboxRelay, Prepare
 from crm_shared.messaging.topics import HEARTBEAT, ensure_topics, with_dlq
@@ -241,6 +247,7 @@ class Runtime:
             self.metrics,
             max_records=s.consumer_max_records,
             before_fetch=self._keep_relay_up if self.db.dialect == "sqlite" else None,
+            fetch_wait=FetchWait(busy_ms=s.fetch_max_wait_ms, idle_ms=s.fetch_idle_wait_ms),
         )
 
     async def _keep_relay_up(self) -> None:

@@ -32,7 +32,18 @@ class ServiceSettings(BaseSettings):
         default="", max_length=100, description="put before every topic name (e.g. staging.)"
     )
     create_topics: bool = True
-    fetch_max_wait_ms: int = Field(default=20, ge=1, le=5000)
+    fetch_max_wait_ms: int = Field(
+        default=20, ge=1, le=5000, description="how long the broker may hold a fetch"
+    )
+    fetch_idle_wait_ms: int = Field(
+        default=250,
+        ge=1,
+        le=5000,
+        description=(
+            "the same once a consumer got nothing for a second (no effect when not above "
+            "fetch_max_wait_ms)"
+        ),
+    )
     consumer_max_records: int = Field(default=2000, ge=1, le=10_000)
     consumer_group: str = ""
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)

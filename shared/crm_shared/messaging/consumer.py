@@ -33,7 +33,7 @@ from crm_shared import tracecontext
 from crm_shared.app.metrics import Metrics
 from crm_shared.events.envelope import CloudEvent, InvalidEvent, decode_envelope
 from crm_shared.events.registry import Event, EventData, EventRegistry
-from crm_shared.messaging.kafka import decode_headers, encode_headers
+from crm_shared.messaging.kafka import decode_headers, encode_headers, set_fetch_wait
 from crm_shared.messaging.topics import dlq_topic
 from crm_shared.store.db import Database
 from crm_shared.store.inbox import Inbox
@@ -265,6 +265,50 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class FetchWait:
+    """How long the broker may hold a fetch: `busy_ms` while records come, `idle_ms` once
+    none came for `idle_after_s`. A broker that answers as soon as records arrive (Apache
+    Kafka) makes the wait free, and both are best set high there. One that holds every fetch
+    for the whole wait (the embedded broker) makes the wait the delivery latency, and each
+    idle consumer fetches 1000/`busy_ms` times a second; the idle wait bounds that cost, at
+    the price of up to `idle_ms` more for the first record after a quiet spell."""
+
+    busy_ms: int
+    idle_ms: int
+    idle_after_s: float = 1.0
+
+
+class _Pace:
+    """Switches one consumer between the busy and the idle fetch wait."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, wait: FetchWait | None) -> None:
+        self._consumer, self._wait = consumer, wait
+        self._quiet_since: float | None = None
+        self._idle = False
+
+    @property
+    def wait_ms(self) -> int | None:
+        """The wait in force (None: the consumer's own, never changed)."""
+        if self._wait is None:
+            return None
+        return self._wait.idle_ms if self._idle else self._wait.busy_ms
+
+    def saw(self, records: bool) -> None:
+        if self._wait is None or self._wait.idle_ms <= self._wait.busy_ms:
+            return
+        if records:
+            self._quiet_since = None
+            if self._idle:
+                self._idle = not set_fetch_wait(self._consumer, self._wait.busy_ms)
+            return
+        now = time.monotonic()
+        if self._quiet_since is None:
+            self._quiet_since = now
+        elif not self._idle and now - self._quiet_since >= self._wait.idle_after_s:
+            self._idle = set_fetch_wait(self._consumer, self._wait.idle_ms)
+
+
 class BatchConsumer:
     """The fetch loop around a BatchProcessor: getmany, process, commit offsets, repeat."""
 
@@ -277,8 +321,11 @@ class BatchConsumer:
         max_records: int = 500,
         max_backoff: float = 5.0,
         before_fetch: Callable[[], Awaitable[object]] | None = None,
+        fetch_wait: FetchWait | None = None,
     ) -> None:
         self._processor = processor
+        self._fetch_wait = fetch_wait
+        self._pace: _Pace | None = None
         self._before_fetch = before_fetch
         self._factory = consumer_factory
         self.metrics = metrics
@@ -315,12 +362,19 @@ class BatchConsumer:
                 self._consumer = None
                 await _stop_quietly(consumer)
 
+    @property
+    def fetch_wait_ms(self) -> int | None:
+        """How long the broker may hold this consumer's fetches now (see `FetchWait`)."""
+        return self._pace.wait_ms if self._pace is not None else None
+
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        self._pace = pace = _Pace(consumer, self._fetch_wait)
         while not self._stopping.is_set():
             if self._before_fetch is not None:
                 await self._before_fetch()  # the outbox relay keeping up (SQLite)
             batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
             records = [record for batch in batches.values() for record in batch]
+            pace.saw(bool(records))
             if not records:
                 continue
             if not await self._process_with_retry(records):

@@ -53,6 +53,17 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
+def set_fetch_wait(consumer: AIOKafkaConsumer, ms: int) -> bool:
+    """Change how long the broker may hold the consumer's next fetch requests (aiokafka
+    reads its fetcher's `_fetch_max_wait_ms` for every request it builds and offers no
+    public setter). False if this aiokafka has no such attribute: the wait stays as made."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        return False
+    fetcher._fetch_max_wait_ms = ms
+    return True
+
+
 def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     return [(name, value.encode()) for name, value in headers.items()]
 
