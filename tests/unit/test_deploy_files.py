@@ -525,6 +525,23 @@ def test_k8s_sets_only_real_settings_with_values_they_accept(
 
 
 @pytest.mark.parametrize("name", SERVICES)
+def test_consumers_let_apache_kafka_hold_their_fetches(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apache Kafka answers a fetch when a record arrives, so a long wait costs no latency;
+    the short default is for the embedded broker, which holds every fetch for all of it."""
+    base = Base.of(K8S / name)
+    environments = {
+        "compose": compose_env(name),
+        "k8s": k8s_env(base, base.one("Deployment")),
+    }
+    for where, env in environments.items():
+        settings = load_settings(service(name).settings, env, monkeypatch)
+        assert settings.fetch_max_wait_ms >= 500, where
+        assert settings.fetch_idle_wait_ms >= settings.fetch_max_wait_ms, where
+
+
+@pytest.mark.parametrize("name", SERVICES)
 async def test_probes_ask_real_routes_on_the_service_port_without_a_token(name: str) -> None:
     spec = container(Base.of(K8S / name).one("Deployment"))
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
