@@ -301,8 +301,8 @@ class CpuMeter:
         return out
 
 
-# Idle services still poll the broker (fetch wait 20 ms by default) and their outbox: 4-7%
-# of a core each on these machines. Above this, a service is still working.
+# Idle services still poll the broker (every 250 ms once quiet, CRM_FETCH_IDLE_WAIT_MS) and
+# their outbox: 3-5% of a core each on these machines. Above this, a service is working.
 IDLE_CORE_PCT = 15.0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.observe import CpuMeter, Progress, ServerStats, Watcher
+from bench.observe import CpuMeter, Progress, ServerStats, Watcher, wait_idle
 from bench.workload import Workload, http_batches, kafka_records, purchase
 from crm_shared.events import BATCH_CONTENT_TYPE
 from crm_shared.messaging.topics import INBOUND
@@ -234,6 +234,18 @@ async def baseline_consume(
 
 
 # --- warm-up ---
+
+
+async def idle(ctx: Context, seconds: float, *, settle: float = 60.0) -> dict[str, Any]:
+    """Nothing sent: what the stack costs while it waits for work (consumers' fetches,
+    relays' polls, heartbeats), once it finished what came before and its consumers have
+    had a quiet second (after which they fetch with `CRM_FETCH_IDLE_WAIT_MS`)."""
+    settled = await wait_idle(ctx.pids, settle)
+    await asyncio.sleep(2.0)
+    meter = ctx.meter()
+    meter.start()
+    await asyncio.sleep(seconds)
+    return {"seconds": seconds, "settled_s": settled, "cpu": meter.stop()}
 
 
 async def post_single(client: httpx.AsyncClient, body: bytes) -> None:

@@ -188,6 +188,7 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
     rows = [
         ("raw produce", result.get("baseline", {}).get("produce", {}).get("cpu")),
         ("raw consume", result.get("baseline", {}).get("consume", {}).get("cpu")),
+        ("idle (nothing sent)", (result.get("idle") or {}).get("cpu")),
         ("HTTP end to end", (result.get("http") or {}).get("cpu")),
         ("Kafka end to end", (result.get("kafka") or {}).get("cpu")),
         ("latency", (result.get("latency") or {}).get("cpu")),

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="CRM_FETCH_MAX_WAIT_MS")
     p.add_argument("--latency-rate", type=float, default=500.0, help="single POSTs per second")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="for how long")
+    p.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="CPU measured with nothing sent"
+    )
     p.add_argument("--poll-interval-ms", type=float, default=10.0, help="stage poll interval")
     p.add_argument(
         "--poll-every",
@@ -90,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--phases",
-        default="baseline,http,kafka,latency",
-        help="comma-separated subset of baseline,http,kafka,latency",
+        default="baseline,idle,http,kafka,latency",
+        help="comma-separated subset of baseline,idle,http,kafka,latency",
     )
     p.add_argument("--phase-timeout", type=float, help="default: max(60, events / 200) s")
     p.add_argument(
@@ -117,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     args.profile = [x.strip() for x in args.profile.split(",") if x.strip()]
-    unknown = set(args.phases + args.profile) - {"baseline", "http", "kafka", "latency"}
+    unknown = set(args.phases + args.profile) - {"baseline", "idle", "http", "kafka", "latency"}
     if unknown:
         p.error(f"unknown phases {sorted(unknown)}")
     args.baseline_messages = args.baseline_messages or max(args.events, 50_000)
@@ -227,6 +230,8 @@ class Run:
 
     async def _phases(self, ctx: phases.Context) -> None:
         args = self.args
+        if "idle" in args.phases:
+            await self._phase("idle", phases.idle(ctx, args.idle_seconds))
         if "http" in args.phases:
             workload = Workload(f"bench-h-{self.run_id}", args.events, args.customers)
             await self._phase(
