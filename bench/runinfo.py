@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from typing import Any
 import aiokafka
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+_SECRET = re.compile("SECRET|PASSWORD|TOKEN|KEY", re.IGNORECASE)
 
 
 def machine() -> dict[str, Any]:
@@ -37,6 +41,12 @@ def machine() -> dict[str, Any]:
         "aiokafka": aiokafka.__version__,
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty_files": len(git("status", "--porcelain").splitlines()),
+        # The services started by a run inherit these (secrets left out).
+        "crm_environment": {
+            name: value
+            for name, value in sorted(os.environ.items())
+            if name.startswith("CRM_") and not _SECRET.search(name)
+        },
     }
 
 
