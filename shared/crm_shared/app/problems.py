@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -38,6 +39,22 @@ class Problem(Exception):
         self.type = type
         self.headers = headers
         self.extensions = extensions
+
+
+def utc_parameter(name: str, value: datetime | None) -> datetime | None:
+    """A time given as a request parameter, in UTC; a 422 naming it when it has no offset.
+
+    A valid RFC 3339 time can leave the years 1-9999 once in UTC (0001-01-01T00:00:00+01:00
+    is in year 0), which Python cannot represent: it becomes the first or last instant
+    Python can. No stored time lies beyond those, so every comparison answers the same."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

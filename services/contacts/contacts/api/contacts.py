@@ -28,7 +28,7 @@ from contacts.handlers import idempotency
 from contacts.handlers.records import ContactService, NotFound, etag, history
 from contacts.store import queries, records
 from crm_shared.app.auth import requires
-from crm_shared.app.problems import Problem
+from crm_shared.app.problems import Problem, utc_parameter
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 READ = requires("contacts:read")
@@ -141,6 +141,8 @@ async def list_contacts(
 ) -> ContactPage:
     """Contacts, oldest first, filtered; stable across pages (cursor pagination)."""
     attributes = dict(_attribute(a) for a in attribute)
+    created_after = utc_parameter("created_after", created_after)
+    created_before = utc_parameter("created_before", created_before)
     async with service.db.read() as conn:
         ids = await _lookup(conn, ref) if ref else None
         where = queries.ContactFilter(
@@ -186,8 +188,7 @@ async def get_contact(
     as_of: Annotated[datetime | None, Query(description="the contact as it was then")] = None,
 ) -> ContactView:
     """A contact; with `as_of`, as its record stood at that time."""
-    if as_of is not None and as_of.tzinfo is None:
-        raise Problem(422, "as_of: give a time zone offset (RFC 3339)", field="as_of")
+    as_of = utc_parameter("as_of", as_of)
     try:
         state = await service.get(contact_id, as_of=as_of)
     except NotFound:

@@ -12,7 +12,7 @@ from contacts.store import records
 from contacts.store.timeline import TimelineQuery, timeline
 from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
-from crm_shared.app.problems import Problem
+from crm_shared.app.problems import Problem, utc_parameter
 
 router = APIRouter(prefix="/v1", tags=["contacts"])
 
@@ -50,9 +50,7 @@ async def get_timeline(
 ) -> TimelinePage:
     """The contact's events in the order they happened, including those of contacts merged
     into it; paged with `cursor`."""
-    for name, value in (("after", after), ("before", before)):
-        if value is not None and value.tzinfo is None:
-            raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
+    after, before = utc_parameter("after", after), utc_parameter("before", before)
     query = TimelineQuery(types=type, after=after, before=before, limit=limit, cursor=cursor)
     async with runtime.db.read() as conn:
         if await records.survivor_of(conn, contact_id) is None:

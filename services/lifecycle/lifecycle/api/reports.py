@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
-from crm_shared.app.problems import Problem
+from crm_shared.app.problems import utc_parameter
 from lifecycle.domain.policy import Policy
 from lifecycle.handlers import replay
 from lifecycle.handlers.customer_events import Lifecycle
@@ -30,9 +30,7 @@ async def flow_matrix(
     before: Annotated[datetime | None, Query(description="transitions before")] = None,
 ) -> dict[str, Any]:
     """How many customers moved from each stage to each other stage in the period."""
-    for name, value in (("after", after), ("before", before)):
-        if value is not None and value.tzinfo is None:
-            raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
+    after, before = utc_parameter("after", after), utc_parameter("before", before)
     async with runtime.db.read() as conn:
         matrix = await queries.flow(conn, after, before)
     return {"after": after, "before": before, "flow": matrix}

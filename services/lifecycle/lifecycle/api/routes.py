@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
-from crm_shared.app.problems import Problem
+from crm_shared.app.problems import Problem, utc_parameter
 from lifecycle.domain.stages import STAGES
 from lifecycle.handlers.replay import current_now
 from lifecycle.store import queries, stages
@@ -54,11 +54,6 @@ class Summary(BaseModel):
     counts: dict[str, int]
 
 
-def _aware(name: str, value: datetime | None) -> None:
-    if value is not None and value.tzinfo is None:
-        raise Problem(422, f"{name}: give a time zone offset (RFC 3339)", field=name)
-
-
 @router.get(
     "/customers/{customer_id}/stage",
     dependencies=[requires("lifecycle:read")],
@@ -67,7 +62,7 @@ def _aware(name: str, value: datetime | None) -> None:
 )
 async def get_stage(customer_id: str, runtime: RuntimeDep, as_of: AsOf = None) -> StageView:
     """The customer's lifecycle stage now, or as it was at `as_of`."""
-    _aware("as_of", as_of)
+    as_of = utc_parameter("as_of", as_of)
     if as_of is not None:
         async with runtime.db.read() as conn:
             row = await stages.stage_as_of(conn, customer_id, as_of)
@@ -116,7 +111,7 @@ async def get_customer_transitions(
 async def get_summary(request: Request, runtime: RuntimeDep, as_of: AsOf = None) -> Summary:
     """How many customers are in each stage (now, or at `as_of`). `as_of` in the answer is
     the time the counts describe: the clock's now (the event-time clock's, if so set)."""
-    _aware("as_of", as_of)
+    as_of = utc_parameter("as_of", as_of)
     async with runtime.db.read() as conn:
         counts = await stages.stage_counts(conn, as_of)
         described = as_of or await current_now(request.app.state.lifecycle, conn)
@@ -138,8 +133,7 @@ async def list_transitions(
     cursor: str | None = None,
 ) -> TransitionPage:
     """Transitions of every customer, in the order recorded, filtered and paged."""
-    _aware("after", after)
-    _aware("before", before)
+    after, before = utc_parameter("after", after), utc_parameter("before", before)
     where = queries.TransitionFilter(
         from_stage, to_stage, reason, after, before, include_superseded
     )

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from crm_shared.app.auth import requires
 from crm_shared.app.factory import RuntimeDep
-from crm_shared.app.problems import Problem
+from crm_shared.app.problems import Problem, utc_parameter
 from scoring.domain.model import ScoringModel, score
 from scoring.domain.risk import RiskWeights
 from scoring.handlers.scoring import Scoring
@@ -69,8 +69,7 @@ async def get_score(
 ) -> dict[str, Any]:
     """The customer's scores and the contribution of each factor. With `as_of`, the score
     that stood then (history keeps every published, material change)."""
-    if as_of is not None and as_of.tzinfo is None:
-        raise Problem(422, "as_of: give a time zone offset (RFC 3339)", field="as_of")
+    as_of = utc_parameter("as_of", as_of)
     if as_of is None:
         found = await scores.lookup(runtime.db, customer_id)
     else:
