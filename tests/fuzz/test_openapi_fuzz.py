@@ -19,7 +19,6 @@ What is not asserted, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,10 @@ from schemathesis import Case, checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 from starlette.types import Receive, Scope, Send
 
-from contacts.bootstrap import create_app as contacts_app
-from contacts.settings import ContactsSettings
 from crm_shared.app.runtime import Runtime
-from crm_shared.app.settings import ServiceSettings
 from crm_shared.events import CATALOG, CloudEvent
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
-from lifecycle.bootstrap import create_app as lifecycle_app
-from lifecycle.settings import LifecycleSettings
-from notifications.bootstrap import create_app as notifications_app
-from notifications.settings import NotificationsSettings
-from scoring.bootstrap import create_app as scoring_app
-from scoring.settings import ScoringSettings
+from tests.support.apps import SERVICES, service_app
 from tests.support.auth import auth_headers
 from tests.support.events import purchase_json
 
@@ -100,12 +91,6 @@ def unstatable(operation: str, field: str) -> bool:
 
 
 CUSTOMERS = ("cust-1", "cust-2", "cust-3")
-SERVICES: dict[str, tuple[Callable[..., FastAPI], type[ServiceSettings]]] = {
-    "contacts": (contacts_app, ContactsSettings),
-    "lifecycle": (lifecycle_app, LifecycleSettings),
-    "scoring": (scoring_app, ScoringSettings),
-    "notifications": (notifications_app, NotificationsSettings),
-}
 
 
 def purchases() -> list[dict[str, Any]]:
@@ -142,11 +127,6 @@ async def seed_through_the_consumers(app: FastAPI) -> None:
                 await subscription.handler(conn, events)
 
 
-def build(service: str, database_url: str) -> FastAPI:
-    factory, settings_type = SERVICES[service]
-    return factory(settings_type(database_url=database_url))
-
-
 class Served:
     """A service on a SQLite file (see `open`) whose lifespan migrates and seeds the
     database, once, instead of starting the Kafka side. Schemathesis runs the app on an
@@ -160,7 +140,7 @@ class Served:
         self.seeded = False
 
     def open(self, folder: Path) -> None:
-        self.app = build(self.service, f"sqlite+aiosqlite:///{folder / self.service}.db")
+        self.app = service_app(self.service, f"sqlite+aiosqlite:///{folder / self.service}.db")
         self.seeded = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,7 +177,7 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def load(service: str) -> OpenApiSchema:
     """The service's OpenAPI document (from an app that never connects), sent to SERVED."""
-    document = build(service, "sqlite+aiosqlite://").openapi()
+    document = service_app(service, "sqlite+aiosqlite://").openapi()
     schema = schemathesis.openapi.from_dict(document, config=schemathesis.Config.from_dict(CONFIG))
     schema.app = SERVED[service]
     return schema

@@ -20,26 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
-from contacts.bootstrap import create_app as contacts_app
-from contacts.settings import ContactsSettings
 from crm_shared.app.auth import SCOPES, AuthNotConfigured, issue_token
-from crm_shared.app.settings import ServiceSettings
-from lifecycle.bootstrap import create_app as lifecycle_app
 from lifecycle.settings import LifecycleSettings
-from notifications.bootstrap import create_app as notifications_app
-from notifications.settings import NotificationsSettings
-from scoring.bootstrap import create_app as scoring_app
-from scoring.settings import ScoringSettings
+from tests.support.apps import SERVICES, service_app
 from tests.support.auth import token
 from tests.support.http_server import Reply, ScriptedHttpServer
 
-AppFactory = Callable[..., FastAPI]
-SERVICES: dict[str, tuple[AppFactory, type[ServiceSettings]]] = {
-    "contacts": (contacts_app, ContactsSettings),
-    "lifecycle": (lifecycle_app, LifecycleSettings),
-    "scoring": (scoring_app, ScoringSettings),
-    "notifications": (notifications_app, NotificationsSettings),
-}
 # The only operations without a bearer token, each with its reason.
 PUBLIC = {
     ("get", "/healthz"),
@@ -50,9 +36,7 @@ PUBLIC = {
 
 
 def build(service: str, tmp_path: Path, **settings: Any) -> FastAPI:
-    factory, settings_type = SERVICES[service]
-    url = f"sqlite+aiosqlite:///{tmp_path / service}.db"
-    return factory(settings_type(database_url=url, **settings))
+    return service_app(service, f"sqlite+aiosqlite:///{tmp_path / service}.db", **settings)
 
 
 def client(app: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:

@@ -9,10 +9,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from fastapi import FastAPI
 
-from tests.integration.test_auth import SERVICES, build
-from tests.support.apps import api_client
+from tests.support.apps import api_client, service_app
 
 # (service, path, parameter) for every operation with a time parameter.
 OPERATIONS = [
@@ -34,11 +32,11 @@ NAIVE = "2026-11-01T10:00:00"
 BEYOND = ["0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-01:00"]
 
 
-def test_the_list_covers_every_operation_with_a_time_parameter(tmp_path: Path) -> None:
+def test_the_list_covers_every_operation_with_a_time_parameter() -> None:
     listed = {(service, path, name) for service, path, name in OPERATIONS}
     found = set()
     for service in ("contacts", "lifecycle", "scoring", "notifications"):
-        schema = build(service, tmp_path).openapi()
+        schema = service_app(service, "sqlite+aiosqlite://").openapi()
         for path, item in schema["paths"].items():
             for parameter in item.get("get", {}).get("parameters", []):
                 types = parameter["schema"].get("anyOf", [parameter["schema"]])
@@ -50,12 +48,6 @@ def test_the_list_covers_every_operation_with_a_time_parameter(tmp_path: Path) -
     assert {(s, _generic(p), n) for s, p, n in found} == concrete
 
 
-def on(database_url: str, service: str) -> FastAPI:
-    """The service's app on the database under test (both, as every storage test)."""
-    factory, settings_type = SERVICES[service]
-    return factory(settings_type(database_url=database_url))
-
-
 def _generic(path: str) -> str:
     """`/v1/contacts/{contact_id}` -> `/v1/contacts/{id}`."""
     return "/".join("{id}" if part.startswith("{") else part for part in path.split("/"))
@@ -65,7 +57,7 @@ def _generic(path: str) -> str:
 async def test_a_time_without_an_offset_is_a_422_naming_the_parameter(
     service: str, path: str, name: str, tmp_path: Path
 ) -> None:
-    async with api_client(build(service, tmp_path)) as api:
+    async with api_client(service_app(service, f"sqlite+aiosqlite:///{tmp_path}/t.db")) as api:
         response = await api.get(f"{path}?{name}={quote(NAIVE)}")
     assert response.status_code == 422, response.text
     problem = response.json()
@@ -79,14 +71,14 @@ async def test_a_valid_time_beyond_what_python_represents_is_answered(
 ) -> None:
     """As the first or last instant Python can represent, which answers the same, as no
     stored time lies beyond them: 200, or 404 for what did not exist then."""
-    async with api_client(on(database_url, service)) as api:
+    async with api_client(service_app(service, database_url)) as api:
         for value in BEYOND:
             response = await api.get(f"{path}?{name}={quote(value)}")
             assert response.status_code in (200, 404), (value, response.text)
 
 
 async def test_times_are_read_in_utc_and_the_ends_are_kept(database_url: str) -> None:
-    async with api_client(on(database_url, "lifecycle")) as api:
+    async with api_client(service_app("lifecycle", database_url)) as api:
         offset = await api.get("/v1/reports/flow?after=" + quote("2026-11-01T10:00:00+02:00"))
         ends = await api.get(f"/v1/reports/flow?after={quote(BEYOND[0])}&before={quote(BEYOND[1])}")
     assert offset.status_code == 200, offset.text

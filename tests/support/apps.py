@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
+from contacts.bootstrap import create_app as contacts_app
+from contacts.settings import ContactsSettings
 from crm_shared.app.runtime import Runtime
+from crm_shared.app.settings import ServiceSettings
+from lifecycle.bootstrap import create_app as lifecycle_app
+from lifecycle.settings import LifecycleSettings
+from notifications.bootstrap import create_app as notifications_app
+from notifications.settings import NotificationsSettings
+from scoring.bootstrap import create_app as scoring_app
+from scoring.settings import ScoringSettings
 from tests.support.auth import auth_headers
+
+# Each service's app factory and settings class, by name.
+SERVICES: dict[str, tuple[Callable[..., FastAPI], type[ServiceSettings]]] = {
+    "contacts": (contacts_app, ContactsSettings),
+    "lifecycle": (lifecycle_app, LifecycleSettings),
+    "scoring": (scoring_app, ScoringSettings),
+    "notifications": (notifications_app, NotificationsSettings),
+}
+
+
+def service_app(service: str, database_url: str, **settings: Any) -> FastAPI:
+    """A service's app on this database, with these settings."""
+    factory, settings_type = SERVICES[service]
+    return factory(settings_type(database_url=database_url, **settings))
 
 
 @asynccontextmanager

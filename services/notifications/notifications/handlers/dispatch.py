@@ -23,7 +23,7 @@ from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.channels.base import Channel, Message
 from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
 from notifications.domain.templates import Template, TemplateError, render
-from notifications.handlers.messages import delivery_trace, outreach_event
+from notifications.handlers.messages import delivery_trace, outreach_event, suppressed_message
 from notifications.store import outreach
 
 log = logging.getLogger(__name__)
@@ -235,15 +235,8 @@ class Dispatcher:
         await outreach.suppress(
             conn, [(d["id"], reason) for d, reason in suppressed], now, clear_error=True
         )
-        events = [
-            OutgoingMessage(
-                OUTREACH,
-                d["customer_id"],
-                outreach_event(d, "suppressed", reason=reason, at=now),
-            )
-            for d, reason in suppressed
-        ]
-        await self.outbox.add(conn, events, now)
+        messages = [suppressed_message(d, reason, at=now) for d, reason in suppressed]
+        await self.outbox.add(conn, messages, now)
 
     async def _finish(
         self,

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from crm_shared import tracecontext
 from crm_shared.events import CloudEvent, new_event
+from crm_shared.messaging.topics import OUTREACH
+from crm_shared.store.outbox import OutgoingMessage
 from crm_shared.tracecontext import TraceContext
 
 SOURCE = "crm/notifications"
@@ -45,6 +47,14 @@ def outreach_event(
         data=data,
         trace=delivery_trace(delivery),
     )
+
+
+def suppressed_message(
+    delivery: dict[str, Any], reason: str | None, *, at: datetime | None = None
+) -> OutgoingMessage:
+    """The `crm.outreach.suppressed.v1` message for a delivery, keyed by its customer."""
+    event = outreach_event(delivery, "suppressed", reason=reason, at=at)
+    return OutgoingMessage(OUTREACH, delivery["customer_id"], event)
 
 
 def delivery_trace(delivery: dict[str, Any]) -> TraceContext | None:

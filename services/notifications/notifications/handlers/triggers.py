@@ -25,11 +25,10 @@ from crm_shared.events.catalog import (
     StageChanged,
 )
 from crm_shared.events.causes import Causes
-from crm_shared.messaging.topics import OUTREACH
-from crm_shared.store.outbox import Outbox, OutgoingMessage
+from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
 from notifications.handlers.dry_run import log_triggers
-from notifications.handlers.messages import outreach_event
+from notifications.handlers.messages import suppressed_message
 from notifications.store import outreach
 
 PROFILE = ("first_name", "time_zone", "locale", "tags", "attributes")
@@ -101,7 +100,8 @@ class Triggers:
                     cancelled.append((delivery, f"cancelled by {event.type} ({event.id})"))
                     break
         await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
-        await self.outbox.add(conn, [_suppressed(d, reason) for d, reason in cancelled], now)
+        messages = [suppressed_message(d, reason) for d, reason in cancelled]
+        await self.outbox.add(conn, messages, now)
 
 
 def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent]:
@@ -212,9 +212,3 @@ def _delivery(
         "updated_at": now,
         "sent_at": None,
     }
-
-
-def _suppressed(delivery: dict[str, Any], reason: str) -> OutgoingMessage:
-    return OutgoingMessage(
-        OUTREACH, delivery["customer_id"], outreach_event(delivery, "suppressed", reason=reason)
-    )
