@@ -13,7 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import sqlite_inline
-from crm_shared.store.db import Database
+from crm_shared.store.db import WAL_CHECKPOINT_PAGES, Database
 
 DRIVERS = ["sqlite", "sqlite+aiosqlite"]
 
@@ -142,3 +142,18 @@ async def test_results_outlive_their_transaction_and_streams_step_through_rows(
         assert deleted.rowcount == 500
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_every_connection_checkpoints_the_wal_rarely(tmp_path: Path, driver: str) -> None:
+    """SQLite's default checkpoints every 1,000 pages; ours waits for 20,000 (see
+    `_configure_sqlite`), on write and read connections, with either driver."""
+    db = Database(f"{driver}:///{tmp_path / 'db.sqlite'}")
+    try:
+        async with db.transaction() as writer:
+            pages = (await writer.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one()
+        async with db.read() as reader:
+            read_pages = (await reader.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one()
+    finally:
+        await db.dispose()
+    assert (pages, read_pages) == (WAL_CHECKPOINT_PAGES, WAL_CHECKPOINT_PAGES) == (20_000, 20_000)
