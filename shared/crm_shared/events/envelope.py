@@ -7,7 +7,6 @@ model by the registry.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from pydantic import (
 )
 
 from crm_shared import tracecontext
+from crm_shared.ids import new_id
 from crm_shared.tracecontext import TraceContext
 
 SPECVERSION = "1.0"
@@ -132,7 +132,7 @@ def new_event(
     if span is not None:
         extensions = {"traceparent": span.traceparent, "tracestate": span.tracestate, **extensions}
     return CloudEvent(
-        id=id or str(uuid.uuid4()),
+        id=id or new_id(),
         source=source,
         type=type,
         subject=subject,

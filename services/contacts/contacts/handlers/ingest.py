@@ -11,7 +11,6 @@ written to the outbox for `crm.customer-events`.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from crm_shared import tracecontext
 from crm_shared.events import CloudEvent, Event, EventData, EventRegistry, InvalidEvent
 from crm_shared.events.catalog import ConsentChanged
 from crm_shared.events.envelope import parse_envelope
+from crm_shared.ids import new_id
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from crm_shared.store.db import Database
 from crm_shared.store.eventstore import ConcurrencyError, DuplicateEventError, EventStore
@@ -216,7 +216,7 @@ class Ingestor:
         items = []
         for ident in idents:
             profile, external = prospect_profile(ident)
-            contact_id = ident.removeprefix("id:") if ident.startswith("id:") else str(uuid.uuid4())
+            contact_id = ident.removeprefix("id:") if ident.startswith("id:") else new_id()
             items.append(NewContact(contact_id, profile, external, first_times.get(ident)))
         created = await self._contacts.create_many(conn, items, origin="ingestion", actor=None)
         return {ident: state.id for ident, state in zip(idents, created, strict=True)}

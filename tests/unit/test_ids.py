@@ -1,0 +1,46 @@
+"""Identifiers the system creates are UUIDv7: valid, unique, and ordered by creation time,
+so that inserting them appends to the right-hand end of an index (see `crm_shared.ids`)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from crm_shared.events import new_event
+from crm_shared.ids import new_id, uuid7
+
+
+def test_an_id_is_a_version_7_rfc_9562_uuid_holding_its_creation_time() -> None:
+    made = datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC)
+    ns = int(made.timestamp()) * 1_000_000_000 + made.microsecond * 1000
+    value = uuid7(ns)
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+    assert value.int >> 80 == ns // 1_000_000  # the Unix time in milliseconds
+    sub_ms = (value.int >> 64) & 0xFFF
+    assert sub_ms == (ns % 1_000_000) * 4096 // 1_000_000  # the rest, in 1/4096 ms
+
+
+def test_ids_sort_in_the_order_they_were_made_as_text_and_as_numbers() -> None:
+    made = [new_id() for _ in range(5000)]
+    assert len(set(made)) == len(made)
+    assert sorted(made) == made
+    assert sorted(made, key=lambda text: uuid.UUID(text).int) == made
+    later = new_id()
+    time.sleep(0.002)
+    assert new_id() > later
+
+
+def test_ids_of_one_instant_differ_in_their_random_bits() -> None:
+    ns = 1_795_000_000_123_456_789
+    same_instant = {uuid7(ns) for _ in range(1000)}
+    assert len(same_instant) == 1000
+    assert {value.int >> 62 for value in same_instant} == {uuid7(ns).int >> 62}
+
+
+def test_events_the_system_emits_get_such_ids() -> None:
+    first = new_event(type="t.v1", source="s", subject="c", data={}, time=datetime.now(UTC))
+    second = new_event(type="t.v1", source="s", subject="c", data={}, time=datetime.now(UTC))
+    assert uuid.UUID(first.id).version == 7
+    assert first.id < second.id
