@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -116,3 +117,53 @@ async def test_ingestion_over_http_and_kafka_with_duplicates_rejects_and_a_merge
     assert all(r.key.decode() == json.loads(r.value)["subject"] for r in published)
     late_copy = next(p for p in purchases if p["id"] == late["id"])
     assert (late_copy["subject"], late_copy["crmidentity"]) == (ada_id, "ext:shop:bob")
+
+
+async def test_the_event_store_is_the_inbound_consumers_inbox(
+    contacts: FastAPI, broker: Broker
+) -> None:
+    """Contacts' consumers keep no inbox rows: the event store's ids tell what they applied.
+    An event delivered again in a later batch is counted as a duplicate and neither stored
+    nor published twice; a refused event is refused again (it was never stored)."""
+    runtime = contacts.state.runtime
+    prefix = runtime.settings.topic_prefix
+    cleo = purchase_json("ext:shop:cleo", day=1)
+    refused = purchase_json("email:@@", day=2)
+    async with asgi_client(contacts) as client:
+        await produce(
+            broker.bootstrap,
+            f"{prefix}crm.inbound",
+            [(b"k", json.dumps(cleo).encode()), (b"k", json.dumps(refused).encode())],
+        )
+        first = await read_topic(broker.bootstrap, f"{prefix}crm.customer-events", count=2)
+        cleo_id = next(json.loads(r.value)["subject"] for r in first)
+        marker = purchase_json("ext:shop:cleo", day=3)
+        await produce(
+            broker.bootstrap,
+            f"{prefix}crm.inbound",
+            [
+                (b"k", json.dumps(cleo).encode()),
+                (b"k", json.dumps(refused).encode()),
+                (b"k", json.dumps(marker).encode()),
+            ],
+        )
+
+        async def both_on_the_timeline() -> Any:
+            items = (await client.get(f"/v1/contacts/{cleo_id}/timeline")).json()["items"]
+            return items if len(items) == 2 else None
+
+        timeline = await eventually(both_on_the_timeline)
+    assert [e["event"]["id"] for e in timeline] == [cleo["id"], marker["id"]]
+    value = runtime.metrics.registry.get_sample_value
+    assert value("crm_events_duplicate_total", {"consumer": "inbound"}) == 1
+    dead = await read_topic(broker.bootstrap, f"{prefix}crm.inbound.dlq", count=2)
+    assert {json.loads(r.value)["id"] for r in dead} == {refused["id"]}
+    published = await read_topic(broker.bootstrap, f"{prefix}crm.customer-events", count=3)
+    assert sorted(json.loads(r.value)["type"] for r in published) == [
+        "crm.contact.created.v1",
+        "crm.purchase.completed.v1",
+        "crm.purchase.completed.v1",
+    ]
+    async with runtime.db.read() as conn:
+        inbox_rows = await conn.scalar(select(func.count()).select_from(runtime.tables.inbox))
+    assert inbox_rows == 0

@@ -22,6 +22,7 @@ from contacts.store.vault import Vault
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import CUSTOMER_EVENTS, INBOUND, OUTREACH
+from crm_shared.store.inbox import StoredEvents
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DESCRIPTION = (
@@ -66,8 +67,11 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
         max_event_bytes=settings.ingest_max_event_bytes,
         unknown_customers=settings.unknown_customers,
     )
-    runtime.subscribe("inbound", [INBOUND], ingestor.on_inbound)
-    runtime.subscribe("outreach", [OUTREACH], ingestor.on_outreach)
+    # Every event the ingestor applies goes into the event store in the batch's transaction
+    # (the rest are refused to the dead-letter topic): its ids are the consumers' inbox.
+    applied = StoredEvents(runtime.events)
+    runtime.subscribe("inbound", [INBOUND], ingestor.on_inbound, inbox=applied)
+    runtime.subscribe("outreach", [OUTREACH], ingestor.on_outreach, inbox=applied)
     app = create_service_app(
         runtime,
         title="CRM contacts",

@@ -39,7 +39,7 @@ from crm_shared.messaging.relay import OutboxRelay, Prepare
 from crm_shared.messaging.topics import HEARTBEAT, ensure_topics, with_dlq
 from crm_shared.store.db import Database, ensure_sqlite_directory
 from crm_shared.store.eventstore import EventStore
-from crm_shared.store.inbox import Inbox
+from crm_shared.store.inbox import Applied, Inbox
 from crm_shared.store.migrations import upgrade_async
 from crm_shared.store.outbox import Outbox
 from crm_shared.store.tables import CoreTables
@@ -56,6 +56,7 @@ class Subscription:
     name: str
     topics: list[str]
     handler: Handler
+    inbox: Applied | None = None
 
 
 class Runtime:
@@ -91,9 +92,12 @@ class Runtime:
         self._stopping = False
         self._stopped = asyncio.Event()
 
-    def subscribe(self, name: str, topics: list[str], handler: Handler) -> None:
-        """Consume `topics` in batches with `handler`, under inbox name `name`."""
-        self._subscriptions.append(Subscription(name, topics, handler))
+    def subscribe(
+        self, name: str, topics: list[str], handler: Handler, *, inbox: Applied | None = None
+    ) -> None:
+        """Consume `topics` in batches with `handler`, under inbox name `name`; `inbox`
+        where the handler's own tables record what it applied (`StoredEvents`)."""
+        self._subscriptions.append(Subscription(name, topics, handler, inbox))
         self._topics += [t for t in with_dlq(topics) if t not in self._topics]
 
     @property
@@ -223,7 +227,7 @@ class Runtime:
         processor = BatchProcessor(
             name=subscription.name,
             db=self.db,
-            inbox=Inbox(self.tables, subscription.name),
+            inbox=subscription.inbox or Inbox(self.tables, subscription.name),
             registry=self.registry,
             handler=subscription.handler,
             dead_letters=DeadLetters(producer, self.metrics),

@@ -36,7 +36,7 @@ from crm_shared.events.registry import Event, EventData, EventRegistry
 from crm_shared.messaging.kafka import decode_headers, encode_headers, set_fetch_wait
 from crm_shared.messaging.topics import dlq_topic
 from crm_shared.store.db import Database
-from crm_shared.store.inbox import Inbox
+from crm_shared.store.inbox import Applied
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class BatchProcessor:
         *,
         name: str,
         db: Database,
-        inbox: Inbox,
+        inbox: Applied,
         registry: EventRegistry,
         handler: Handler,
         dead_letters: DeadLetters,
