@@ -136,6 +136,15 @@ async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(
     assert counts == {"prospect": 0, "new": 0, "active": 1, "dormant": 0, "churned": 0}
 
 
+async def test_a_merge_takes_the_merged_customers_events_of_the_same_batch(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(app, [purchase("s", day=1), purchase("o", day=2), merge("s", "o")])
+    survivor = (await client.get("/v1/customers/s/stage")).json()
+    assert (survivor["stage"], survivor["purchases"]) == ("active", 2)
+    assert (await client.get("/v1/customers/o/stage")).status_code == 404
+
+
 async def test_the_event_time_clock_moves_silent_customers_as_later_events_arrive(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:

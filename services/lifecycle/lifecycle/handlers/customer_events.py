@@ -194,8 +194,13 @@ class Lifecycle:
         touched: set[str] = set()
         merged: set[str] = set()
         new: dict[str, dict[str, Fact]] = {}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for event in events:
+            if isinstance(event.data, ContactMerged | ContactUnmerged):
+                # The facts of the batch so far first: a merge moves the merged customers'
+                # events of this batch too (an unmerge restores them).
+                await stages.add_facts(conn, rows)
+                rows = []
             if isinstance(event.data, ContactMerged):
                 await stages.move_facts(conn, event.data.merged_ids, event.data.survivor_id)
                 merged |= {event.data.survivor_id, *event.data.merged_ids}
