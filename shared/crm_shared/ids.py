@@ -8,10 +8,12 @@ same batch with UUIDv7 ~55 pages (1.5 ms), because new ids go to the right-hand 
 index. PostgreSQL's B-trees and WAL behave alike.
 
 Layout (RFC 9562, section 5.7, with method 3 of section 6.2): 48 bits of Unix time in
-milliseconds, the version (7), 12 bits of sub-millisecond time, the variant, 62 random bits.
-Ids from one process sort in creation order to within ~0.25 us; across processes they sort
-by their clocks. An id reveals when it was made (to the millisecond), which the records they
-name already show.
+milliseconds, the version (7), 12 bits of sub-millisecond time (1/4096 ms), the variant, 62
+random bits. Within one process the 60 bits of time never repeat or go back: an id made in
+the same 1/4096 ms as the last one, or while the clock stands still or steps back, takes the
+last one's time plus one step (section 6.2's monotonic counter), so ids of one process sort
+in the order they were made; across processes they sort by their clocks. An id reveals when
+it was made (to the millisecond), which the records they name already show.
 """
 
 from __future__ import annotations
@@ -19,16 +21,28 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 _SUB_MS_STEPS = 4096  # 12 bits
 _RANDOM_BITS = 62
 
 
+_clock: Callable[[], int] = time.time_ns
+_last_steps = 0  # the time of the last id made, in 1/4096 ms since the Unix epoch
+
+
 def uuid7(now_ns: int | None = None) -> uuid.UUID:
-    """A new UUIDv7; `now_ns` (nanoseconds since the Unix epoch) for tests."""
-    ns = time.time_ns() if now_ns is None else now_ns
-    ms, rest = divmod(ns, 1_000_000)
-    sub_ms = rest * _SUB_MS_STEPS // 1_000_000
+    """A new UUIDv7; `now_ns` (nanoseconds since the Unix epoch) for tests, which bypasses
+    the monotonic counter."""
+    global _last_steps
+    if now_ns is None:
+        steps = _clock() * _SUB_MS_STEPS // 1_000_000
+        if steps <= _last_steps:
+            steps = _last_steps + 1
+        _last_steps = steps
+    else:
+        steps = now_ns * _SUB_MS_STEPS // 1_000_000
+    ms, sub_ms = divmod(steps, _SUB_MS_STEPS)
     random = int.from_bytes(os.urandom(8), "big") & ((1 << _RANDOM_BITS) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | sub_ms << 64 | 0b10 << 62 | random
     return uuid.UUID(int=value)

@@ -7,6 +7,9 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
+from crm_shared import ids
 from crm_shared.events import new_event
 from crm_shared.ids import new_id, uuid7
 
@@ -30,6 +33,20 @@ def test_ids_sort_in_the_order_they_were_made_as_text_and_as_numbers() -> None:
     later = new_id()
     time.sleep(0.002)
     assert new_id() > later
+
+
+def test_ids_keep_their_order_when_the_clock_stands_still_or_steps_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A coarse clock or a clock set back (NTP) must not reorder one process's ids."""
+    ticks = iter([5_000_000_000, 5_000_000_000, 5_000_000_000, 4_000_000_000, 5_000_000_001])
+    monkeypatch.setattr(ids, "_last_steps", 0)
+    monkeypatch.setattr(ids, "_clock", lambda: next(ticks))
+    made = [uuid7() for _ in range(5)]
+    steps = [value.int >> 64 & ~(0xF << 12) for value in made]  # time bits, version removed
+    assert steps == sorted(steps) and len(set(steps)) == 5
+    assert made[0].int >> 80 == 5_000  # milliseconds of the first clock reading
+    assert sorted(str(value) for value in made) == [str(value) for value in made]
 
 
 def test_ids_of_one_instant_differ_in_their_random_bits() -> None:
