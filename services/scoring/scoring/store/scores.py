@@ -25,14 +25,20 @@ async def save(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+_PUBLISHED_COLUMNS = [c.name for c in published_scores.columns]
+
+
 async def published(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     wanted = list(set(ids))
     found: dict[str, dict[str, Any]] = {}
+    names = _PUBLISHED_COLUMNS
     for start in range(0, len(wanted), 1000):
         query = select(published_scores).where(
             published_scores.c.customer_id.in_(wanted[start : start + 1000])
         )
-        found.update({r.customer_id: dict(r._mapping) for r in await conn.execute(query)})
+        for row in await conn.execute(query):
+            published = dict(zip(names, row, strict=True))
+            found[published["customer_id"]] = published
     return found
 
 

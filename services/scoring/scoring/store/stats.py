@@ -15,18 +15,19 @@ from scoring.domain.stats import CustomerStats
 from scoring.store.tables import customer_stats
 
 FIELDS = [f.name for f in fields(CustomerStats)]
+# The statistics' columns in the dataclass's field order: a row is its positional arguments
+# (building a dict per row through `Row._mapping` was ~7% of scoring's CPU in bulk).
+_STATS = select(*(customer_stats.c[name] for name in FIELDS))
 
 
 async def load(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, CustomerStats]:
     wanted = list(set(ids))
     found: dict[str, CustomerStats] = {}
     for start in range(0, len(wanted), 1000):
-        query = select(customer_stats).where(
-            customer_stats.c.customer_id.in_(wanted[start : start + 1000])
-        )
+        query = _STATS.where(customer_stats.c.customer_id.in_(wanted[start : start + 1000]))
         for row in await conn.execute(query):
-            m = row._mapping
-            found[m["customer_id"]] = CustomerStats(**{name: m[name] for name in FIELDS})
+            stats = CustomerStats(*row)
+            found[stats.customer_id] = stats
     return found
 
 
@@ -43,8 +44,7 @@ async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
 
 async def every(conn: AsyncConnection) -> list[CustomerStats]:
     """Every customer's statistics (for a refit)."""
-    rows = await conn.execute(select(customer_stats))
-    return [CustomerStats(**{name: r._mapping[name] for name in FIELDS}) for r in rows]
+    return [CustomerStats(*row) for row in await conn.execute(_STATS)]
 
 
 def as_dict(stats: CustomerStats) -> dict[str, Any]:
