@@ -4,26 +4,21 @@ summaries, rebuild and what-if."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest_asyncio
-from aiokafka import ConsumerRecord
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from crm_shared.app.runtime import Runtime
 from crm_shared.events import CATALOG, CloudEvent, Event, EventData
-from crm_shared.messaging.consumer import BatchProcessor, DeadLetters, Rejected
-from crm_shared.messaging.topics import CUSTOMER_EVENTS, LIFECYCLE
+from crm_shared.messaging.topics import LIFECYCLE
 from lifecycle.bootstrap import create_app
 from lifecycle.domain.policy import Policy
 from lifecycle.handlers.customer_events import Lifecycle
 from lifecycle.settings import LifecycleSettings
-from lifecycle.store import stages
-from lifecycle.store.applied import FactsOrInbox
 from tests.support.apps import api_client
 from tests.support.events import T0, login_json, purchase
 
@@ -248,59 +243,3 @@ async def test_a_first_purchase_that_arrives_after_the_customer_was_seen_is_news
         ("prospect", True),  # restated: known since day 5, not day 10
         ("new", False),  # never published before: news (the welcome is sent)
     ]
-
-
-class _NoDeadLetters:
-    """Nothing in these batches is refused; the dead-letter path is tested elsewhere."""
-
-    async def send(self, rejected: Sequence[Rejected], *, consumer: str) -> None:
-        assert not rejected, [r.reason for r in rejected]
-
-
-def _records(events: list[Event[EventData]], start: int) -> list[ConsumerRecord[bytes, bytes]]:
-    out = []
-    for offset, event in enumerate(events, start):
-        value = event.envelope.to_json()
-        key = event.subject.encode()
-        out.append(
-            ConsumerRecord(
-                CUSTOMER_EVENTS, 0, offset, 0, 0, key, value, None, len(key), len(value), []
-            )
-        )
-    return out
-
-
-async def test_the_consumer_knows_applied_events_by_their_facts_and_merges_by_the_inbox(
-    client: httpx.AsyncClient, app: FastAPI
-) -> None:
-    """Events kept as facts need no inbox row; merges (no fact) get one. Delivered again,
-    both are skipped as duplicates and nothing more is published."""
-    runtime: Runtime = app.state.runtime
-    subscription = runtime.subscriptions[0]
-    assert isinstance(subscription.inbox, FactsOrInbox)
-    processor = BatchProcessor(
-        name=subscription.name,
-        db=runtime.db,
-        inbox=subscription.inbox,
-        registry=runtime.registry,
-        handler=subscription.handler,
-        dead_letters=cast(DeadLetters, _NoDeadLetters()),
-        metrics=runtime.metrics,
-    )
-    first = [purchase("s", day=1), purchase("o", day=2), merge("s", "o")]
-    await processor.process(_records(first, 0))
-    before = await published(app)
-    again = [first[0], first[2], purchase("s", day=3)]
-    await processor.process(_records(again, 3))
-    duplicates = runtime.metrics.registry.get_sample_value
-    assert duplicates("crm_events_duplicate_total", {"consumer": subscription.name}) == 2
-    after = await published(app)
-    assert after[: len(before)] == before
-    assert [(c["customer_id"], c["caused_by"]) for c in after[len(before) :]] == []
-    survivor = (await client.get("/v1/customers/s/stage")).json()
-    assert (survivor["stage"], survivor["purchases"]) == ("active", 3)
-    async with runtime.db.read() as conn:
-        inbox = (await conn.execute(select(runtime.tables.inbox.c.event_id))).scalars().all()
-        kept = await stages.known_facts(conn, [e.id for e in again])
-    assert inbox == [first[2].id]
-    assert kept == {first[0].id, again[2].id}

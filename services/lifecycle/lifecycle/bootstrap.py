@@ -12,17 +12,14 @@ from fastapi import FastAPI
 from crm_shared.app.factory import create_service_app
 from crm_shared.app.runtime import Runtime
 from crm_shared.messaging.topics import CUSTOMER_EVENTS, LIFECYCLE
-from crm_shared.store.inbox import Inbox
 from lifecycle.api.reports import router as reports_router
 from lifecycle.api.routes import router
 from lifecycle.domain.policy import load_policy
 from lifecycle.handlers.customer_events import Lifecycle
 from lifecycle.settings import LifecycleSettings
-from lifecycle.store.applied import FactsOrInbox
 from lifecycle.store.tables import core
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-CONSUMER = "customer-events"  # the consumer's name: its group suffix and inbox rows
 DESCRIPTION = (
     "Customer lifecycle stages (prospect, new, active, dormant, churned) and their "
     "transitions, folded in event time from customer events under a versioned policy."
@@ -38,8 +35,7 @@ def build(settings: LifecycleSettings) -> tuple[Runtime, Lifecycle]:
     lifecycle = Lifecycle(
         runtime.outbox, load_policy(settings.lifecycle_policy), clock=settings.clock, wall=utcnow
     )
-    applied = FactsOrInbox(Inbox(runtime.tables, CONSUMER))
-    runtime.subscribe(CONSUMER, [CUSTOMER_EVENTS], lifecycle.on_customer_events, inbox=applied)
+    runtime.subscribe("customer-events", [CUSTOMER_EVENTS], lifecycle.on_customer_events)
     if settings.clock == "wall":
         runtime.every("sweeper", settings.sweep_interval_s, _sweeper(runtime, lifecycle))
     return runtime, lifecycle

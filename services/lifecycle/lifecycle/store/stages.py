@@ -29,15 +29,6 @@ async def add_facts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> No
     await insert_rows(conn, facts, rows, on_conflict="nothing")
 
 
-async def known_facts(conn: AsyncConnection, event_ids: Sequence[str]) -> set[str]:
-    """Which of these events are kept as facts."""
-    found: set[str] = set()
-    for chunk in _chunks(list(set(event_ids))):
-        query = select(facts.c.event_id).where(facts.c.event_id.in_(chunk))
-        found.update((await conn.execute(query)).scalars())
-    return found
-
-
 async def move_facts(conn: AsyncConnection, from_ids: Sequence[str], to_id: str) -> None:
     await conn.execute(
         update(facts).where(facts.c.customer_id.in_(from_ids)).values(customer_id=to_id)
