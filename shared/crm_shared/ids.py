@@ -25,8 +25,6 @@ from collections.abc import Callable
 
 _SUB_MS_STEPS = 4096  # 12 bits
 _RANDOM_BITS = 62
-
-
 _clock: Callable[[], int] = time.time_ns
 _last_steps = 0  # the time of the last id made, in 1/4096 ms since the Unix epoch
 

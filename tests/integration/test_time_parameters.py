@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.apps import api_client, service_app
+from tests.support.apps import SERVICES, api_client, service_app
 
 # (service, path, parameter) for every operation with a time parameter.
 OPERATIONS = [
@@ -35,7 +35,7 @@ BEYOND = ["0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-01:00"]
 def test_the_list_covers_every_operation_with_a_time_parameter() -> None:
     listed = {(service, path, name) for service, path, name in OPERATIONS}
     found = set()
-    for service in ("contacts", "lifecycle", "scoring", "notifications"):
+    for service in SERVICES:
         schema = service_app(service, "sqlite+aiosqlite://").openapi()
         for path, item in schema["paths"].items():
             for parameter in item.get("get", {}).get("parameters", []):

@@ -26,8 +26,8 @@ from sqlalchemy.util import await_, greenlet_spawn
 from crm_shared.store import sqlite_inline
 
 _WRITE = "crm_write"
-WAL_CHECKPOINT_PAGES = 20_000
 _ALONE = "crm_alone"  # one statement, no BEGIN: SQLite's autocommit mode
+WAL_CHECKPOINT_PAGES = 20_000  # see `_configure_sqlite`
 
 
 def async_url(url: str) -> str:

@@ -37,8 +37,8 @@ async def published(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict
             published_scores.c.customer_id.in_(wanted[start : start + 1000])
         )
         for row in await conn.execute(query):
-            published = dict(zip(names, row, strict=True))
-            found[published["customer_id"]] = published
+            entry = dict(zip(names, row, strict=True))
+            found[entry["customer_id"]] = entry
     return found
 
 
