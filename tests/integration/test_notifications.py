@@ -13,21 +13,25 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from crm_shared.events import CATALOG, CloudEvent, Event, EventData
 from notifications.bootstrap import create_app, seed
 from notifications.channels.base import SendResult
 from notifications.handlers import birthdays
 from notifications.handlers.dispatch import Dispatcher
+from notifications.handlers.dry_run import forget_triggers
 from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
 from notifications.store import outreach
 from notifications.store.tables import deliveries as deliveries_table
+from notifications.store.tables import trigger_log
 from tests.support.apps import api_client
 from tests.support.auth import auth_headers
 from tests.support.mailbox import Mailbox, mailbox
 
 NOON = datetime(2026, 6, 10, 10, 0, tzinfo=UTC)  # 12:00 in Berlin
+PURCHASE = {"order_id": "o-1", "amount": "20.00", "currency": "EUR"}
 
 
 def ev(
@@ -573,3 +577,36 @@ async def test_a_paused_endpoint_delays_a_message_without_using_up_its_attempts(
     [waiting] = await deliveries(client, "p1")
     assert waiting["status"] == "scheduled" and waiting["attempts"] == 0
     assert waiting["due_at"].startswith("2026-06-10T12:00")
+
+
+async def test_the_dry_run_log_keeps_a_year_of_triggers(app: FastAPI) -> None:
+    old, recent = NOON - timedelta(days=400), NOON - timedelta(days=300)
+    await feed(app, [stage("y1", "churned", old), stage("y1", "active", recent)])
+    async with app.state.runtime.db.transaction() as conn:
+        assert await forget_triggers(conn, NOON) == 2  # stage left and stage entered
+        assert await forget_triggers(conn, NOON) == 0
+        left = await conn.execute(select(trigger_log.c.time, trigger_log.c.kind))
+        assert sorted(left.all()) == [(recent, "stage_entered"), (recent, "stage_left")]
+
+
+async def test_an_event_that_changes_nothing_of_the_customer_does_not_rewrite_it(
+    app: FastAPI,
+) -> None:
+    triggers: Triggers = app.state.triggers
+
+    async def written() -> datetime:
+        async with app.state.runtime.db.read() as conn:
+            views = await outreach.load_customers(conn, ["v1"])
+        return views["v1"]["updated_at"]  # type: ignore[no-any-return]
+
+    wall = triggers.wall
+    try:
+        triggers.wall = Clock(NOON)
+        await feed(app, contact("v1", NOON))
+        triggers.wall = Clock(NOON + timedelta(hours=1))
+        await feed(app, [ev("crm.purchase.completed.v1", "v1", PURCHASE, NOON)])
+        assert await written() == NOON
+        await feed(app, [stage("v1", "active", NOON)])
+        assert await written() == NOON + timedelta(hours=1)
+    finally:
+        triggers.wall = wall

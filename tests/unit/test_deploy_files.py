@@ -54,7 +54,7 @@ SECRET_SETTINGS = {
 PERIODIC_JOBS = {
     "lifecycle": ["sweeper"],
     "scoring": ["refit", "rescore"],
-    "notifications": ["dispatcher", "birthdays"],
+    "notifications": ["dispatcher", "birthdays", "trigger-log"],
 }
 
 

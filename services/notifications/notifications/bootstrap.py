@@ -24,6 +24,7 @@ from notifications.domain.templates import DEFAULT_TEMPLATES
 from notifications.domain.unsubscribe import make_token
 from notifications.handlers import birthdays
 from notifications.handlers.dispatch import Dispatcher
+from notifications.handlers.dry_run import forget_triggers
 from notifications.handlers.triggers import Triggers
 from notifications.settings import NotificationsSettings
 from notifications.store import outreach
@@ -90,6 +91,7 @@ def build(settings: NotificationsSettings) -> tuple[Runtime, Triggers, Dispatche
         "dispatcher", settings.dispatch_interval_s, _dispatch(runtime, dispatcher, settings)
     )
     runtime.every("birthdays", 3600, _birthdays(runtime, triggers, now, settings))
+    runtime.every("trigger-log", 3600, _forget_triggers(runtime, now))
     return runtime, triggers, dispatcher
 
 
@@ -125,6 +127,18 @@ def _birthdays(
             await birthdays.run(triggers, conn, now(), settings.safeguards.default_time_zone)
 
     return greet
+
+
+def _forget_triggers(
+    runtime: Runtime, now: Callable[[], datetime]
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def forget() -> None:
+        async with runtime.db.transaction() as conn:
+            gone = await forget_triggers(conn, now())
+        if gone:
+            log.info("old triggers deleted from the dry-run log", extra={"deleted": gone})
+
+    return forget
 
 
 async def seed(runtime: Runtime) -> None:

@@ -19,7 +19,7 @@ from crm_shared.store.outbox import OutgoingMessage
 from notifications.domain.rules import Rule, RuleBody
 from notifications.domain.templates import Template, TemplateError, render
 from notifications.domain.unsubscribe import BadToken, read_token
-from notifications.handlers.dry_run import dry_run
+from notifications.handlers.dry_run import KEEP_DAYS, dry_run
 from notifications.store import outreach
 
 router = APIRouter(prefix="/v1", tags=["notifications"])
@@ -94,7 +94,7 @@ async def dry_run_rule(
     rule_id: str,
     request: Request,
     runtime: RuntimeDep,
-    days: Annotated[int, Query(ge=1, le=365, description="how far back to look")] = 30,
+    days: Annotated[int, Query(ge=1, le=KEEP_DAYS, description="how far back to look")] = 30,
     draft: RuleBody | None = None,
 ) -> dict[str, Any]:
     """How many messages the rule (or a draft of it, as body) would have sent, capped and

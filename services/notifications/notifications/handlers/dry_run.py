@@ -10,32 +10,45 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crm_shared.store.bulk import insert_rows
 from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds
 from notifications.store import outreach
 from notifications.store.tables import trigger_log
 
+# The longest window a dry run looks back over; older triggers are deleted (`forget_triggers`).
+KEEP_DAYS = 365
+
 
 async def log_triggers(conn: AsyncConnection, fired: list[TriggerEvent]) -> None:
-    if fired:
-        await conn.execute(
-            insert(trigger_log),
-            [
-                {
-                    "customer_id": t.customer_id,
-                    "event_id": t.event_id,
-                    "kind": t.kind,
-                    "time": t.time,
-                    "value": t.value,
-                    "left_stage": t.left,
-                    "nps": t.nps,
-                }
-                for t in fired
-            ],
-        )
+    await insert_rows(
+        conn,
+        trigger_log,
+        [
+            {
+                "customer_id": t.customer_id,
+                "event_id": t.event_id,
+                "kind": t.kind,
+                "time": t.time,
+                "value": t.value,
+                "left_stage": t.left,
+                "nps": t.nps,
+            }
+            for t in fired
+        ],
+    )
+
+
+async def forget_triggers(conn: AsyncConnection, now: datetime) -> int:
+    """Delete the triggers no dry run can reach any more (older than KEEP_DAYS before
+    `now`); return how many. Without it the log grows by every trigger forever."""
+    result = await conn.execute(
+        delete(trigger_log).where(trigger_log.c.time < now - timedelta(days=KEEP_DAYS))
+    )
+    return int(result.rowcount)
 
 
 async def dry_run(

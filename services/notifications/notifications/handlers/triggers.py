@@ -43,12 +43,15 @@ class Triggers:
     async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
         now = self.wall()
         views = await outreach.load_customers(conn, {e.subject for e in events})
+        stored = {i: dict(v) for i, v in views.items()}  # _observe replaces, never mutates, values
         fired: list[TriggerEvent] = []
         for event in events:
             view = views.setdefault(event.subject, outreach.blank_customer(event.subject, now))
             fired += _observe(view, event)
             self._tick(event.time)
-        await outreach.save_customers(conn, [{**v, "updated_at": now} for v in views.values()])
+        # Only the views an event changed (a purchase changes none) are written back.
+        changed = [{**v, "updated_at": now} for i, v in views.items() if stored.get(i) != v]
+        await outreach.save_customers(conn, changed)
         erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
         await outreach.forget_customers(conn, erased, now)
         await self._cancel(conn, events, now)

@@ -39,7 +39,11 @@ async def load_customers(conn: AsyncConnection, ids: Iterable[str]) -> dict[str,
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(wanted), 1000):
         query = select(customers).where(customers.c.customer_id.in_(wanted[start : start + 1000]))
-        found.update({r.customer_id: dict(r._mapping) for r in await conn.execute(query)})
+        result = await conn.execute(query)
+        names = list(result.keys())  # zipped with each row: Row._mapping costs more per row
+        for row in result:
+            view = dict(zip(names, row, strict=True))
+            found[view["customer_id"]] = view
     return found
 
 
