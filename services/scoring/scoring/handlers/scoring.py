@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events import Event, EventData, new_event
-from crm_shared.events.catalog import ContactMerged, ScoreChanged
+from crm_shared.events.catalog import ContactMerged, ScoreChanged, StageChanged
 from crm_shared.events.causes import Causes
 from crm_shared.messaging.topics import SCORES
 from crm_shared.store.db import Database
@@ -48,6 +48,17 @@ def material(
     return reasons
 
 
+# Stages a customer enters by going silent: time has passed, which moves the scores too.
+SILENT_STAGES = frozenset({"dormant", "churned"})
+
+
+def rescores(event: Event[EventData]) -> bool:
+    """Whether the event calls for a new score. A stage change into an active stage (new,
+    active, won back, prospect) was caused by an event scoring consumes and scores itself
+    (the purchase, the new contact), so it only changes the stage the score shows."""
+    return not isinstance(event.data, StageChanged) or event.data.to_stage in SILENT_STAGES
+
+
 class Scoring:
     def __init__(
         self, outbox: Outbox, settings: ScoringSettings, wall: Callable[[], datetime]
@@ -63,12 +74,16 @@ class Scoring:
         return self.wall()
 
     async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
-        """Consumer handler for `crm.customer-events` and `crm.lifecycle`."""
+        """Consumer handler for `crm.customer-events` and `crm.lifecycle`. Customers are
+        rescored, except where the only news is a stage an event caused (see `rescores`):
+        then their current score only takes the new stage."""
         known = await self._fold(conn, events)
         latest = max((e.time for e in events), default=None)
         if latest is not None and (self.event_clock is None or latest > self.event_clock):
             self.event_clock = latest
-        await self.rescore(conn, known.keys(), causes=Causes(events), known=known)
+        due = {e.subject for e in events if rescores(e)} & known.keys()
+        await self.rescore(conn, due, causes=Causes(events), known=known)
+        await scores.set_stages(conn, {i: known[i].stage for i in known.keys() - due})
 
     async def rescore(
         self,

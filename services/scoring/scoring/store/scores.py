@@ -25,6 +25,20 @@ async def save(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+_SET_STAGE = (
+    update(scores)
+    .where(scores.c.customer_id == bindparam("customer"))
+    .values(stage=bindparam("to_stage"))
+)
+
+
+async def set_stages(conn: AsyncConnection, stages: dict[str, str | None]) -> None:
+    """Record customers' stages in their current scores (none: nothing to record)."""
+    if stages:
+        rows = [{"customer": i, "to_stage": stage} for i, stage in stages.items()]
+        await conn.execute(_SET_STAGE, rows)
+
+
 _PUBLISHED_COLUMNS = [c.name for c in published_scores.columns]
 
 
