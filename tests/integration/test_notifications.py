@@ -32,6 +32,7 @@ from tests.support.mailbox import Mailbox, mailbox
 
 NOON = datetime(2026, 6, 10, 10, 0, tzinfo=UTC)  # 12:00 in Berlin
 PURCHASE = {"order_id": "o-1", "amount": "20.00", "currency": "EUR"}
+DAY = timedelta(days=1)
 
 
 def ev(
@@ -610,3 +611,20 @@ async def test_an_event_that_changes_nothing_of_the_customer_does_not_rewrite_it
         assert await written() == NOON + timedelta(hours=1)
     finally:
         triggers.wall = wall
+
+
+async def test_a_changed_rule_schedules_by_its_new_version_from_the_next_batch(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, [*contact("r1", NOON), stage("r1", "dormant", NOON)])
+    [first] = await deliveries(client, "r1")
+    assert (first["rule_version"], first["due_at"]) == (1, "2026-06-13T10:00:00Z")
+    rule = (await client.get("/v1/rules/wake_up")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    await client.put("/v1/rules/wake_up", json={**body, "delay_seconds": 86400})
+    await feed(app, [*contact("r2", NOON), stage("r2", "dormant", NOON)])
+    [second] = await deliveries(client, "r2")
+    assert (second["rule_version"], second["due_at"]) == (2, "2026-06-11T10:00:00Z")
+    await client.put("/v1/rules/wake_up", json={**body, "enabled": False})
+    await feed(app, [*contact("r3", NOON), stage("r3", "dormant", NOON)])
+    assert await deliveries(client, "r3") == []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -60,6 +60,15 @@ class EventStore:
     def __init__(self, tables: CoreTables, codec: EventCodec | None = None) -> None:
         self._t = tables.events
         self.codec = codec
+        # Built once (every consumed batch of contacts runs them): building a statement
+        # costs more than a small batch's lookup.
+        t = self._t
+        self._ends = (
+            select(t.c.stream_id, func.max(t.c.version))
+            .where(t.c.stream_id.in_(bindparam("ids", expanding=True)))
+            .group_by(t.c.stream_id)
+        )
+        self._known = select(t.c.event_id).where(t.c.event_id.in_(bindparam("ids", expanding=True)))
 
     async def version(self, conn: AsyncConnection, stream_id: str) -> int:
         """The stream's current version (0 for a stream that does not exist)."""
@@ -95,13 +104,9 @@ class EventStore:
         """Append to many streams at their current ends in two statements; return versions."""
         if not batch:
             return []
-        ids = [stream_id for stream_id, _ in batch]
-        query = (
-            select(self._t.c.stream_id, func.max(self._t.c.version))
-            .where(self._t.c.stream_id.in_(set(ids)))
-            .group_by(self._t.c.stream_id)
-        )
-        ends: dict[str, int] = {row[0]: row[1] for row in await conn.execute(query)}
+        ids = list({stream_id: None for stream_id, _ in batch})
+        found = await conn.execute(self._ends, {"ids": ids})
+        ends: dict[str, int] = {row[0]: row[1] for row in found}
         if self.codec is not None:
             sealed = await self.codec.seal(conn, [event for _, event in batch])
             batch = [
@@ -166,8 +171,7 @@ class EventStore:
         ids = list(set(event_ids))
         if not ids:
             return set()
-        query = select(self._t.c.event_id).where(self._t.c.event_id.in_(ids))
-        return set((await conn.execute(query)).scalars())
+        return set((await conn.execute(self._known, {"ids": ids})).scalars())
 
     def _row(
         self, stream_id: str, version: int, event: CloudEvent, now: datetime

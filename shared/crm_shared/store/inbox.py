@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.bulk import insert_rows
@@ -39,16 +39,19 @@ class Inbox:
     def __init__(self, tables: CoreTables, consumer: str) -> None:
         self._t = tables.inbox
         self.consumer = consumer
+        # Built once: building a statement costs more than a small batch's lookup.
+        self._seen = select(self._t.c.event_id).where(
+            self._t.c.consumer == bindparam("consumer"),
+            self._t.c.event_id.in_(bindparam("ids", expanding=True)),
+        )
 
     async def unseen(self, conn: AsyncConnection, event_ids: Sequence[str]) -> list[str]:
         """The ids not applied yet, first occurrence only, in the order given."""
         ordered = list(dict.fromkeys(event_ids))
         if not ordered:
             return []
-        query = select(self._t.c.event_id).where(
-            self._t.c.consumer == self.consumer, self._t.c.event_id.in_(ordered)
-        )
-        seen = set((await conn.execute(query)).scalars())
+        found = await conn.execute(self._seen, {"consumer": self.consumer, "ids": ordered})
+        seen = set(found.scalars())
         return [event_id for event_id in ordered if event_id not in seen]
 
     async def record(self, conn: AsyncConnection, event_ids: Sequence[str], now: datetime) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events.envelope import CloudEvent
@@ -44,6 +44,19 @@ class Outbox:
     def __init__(self, tables: CoreTables, codec: EventCodec | None = None) -> None:
         self._t = tables.outbox
         self.codec = codec
+        # Built once: a relay round on a quiet stream costs little more than building them.
+        t = self._t
+        self._pending = (
+            select(t.c.id, t.c.topic, t.c.key, t.c.event_id, t.c.payload, t.c.headers)
+            .where(t.c.published_at.is_(None), t.c.id > bindparam("after"))
+            .order_by(t.c.id)
+            .limit(bindparam("limit"))
+        )
+        self._mark = (
+            update(t)
+            .where(t.c.id.in_(bindparam("ids", expanding=True)))
+            .values(published_at=bindparam("now"))
+        )
 
     async def add(
         self, conn: AsyncConnection, messages: Sequence[OutgoingMessage], now: datetime
@@ -61,31 +74,17 @@ class Outbox:
         self, conn: AsyncConnection, *, limit: int, after: int = 0
     ) -> list[PendingMessage]:
         """The oldest unpublished messages (with an id above `after`), in id order."""
-        query = (
-            select(
-                self._t.c.id,
-                self._t.c.topic,
-                self._t.c.key,
-                self._t.c.event_id,
-                self._t.c.payload,
-                self._t.c.headers,
-            )
-            .where(self._t.c.published_at.is_(None), self._t.c.id > after)
-            .order_by(self._t.c.id)
-            .limit(limit)
-        )
+        rows = await conn.execute(self._pending, {"after": after, "limit": limit})
         return [
             PendingMessage(r.id, r.topic, r.key, r.event_id, r.payload.encode(), r.headers)
-            for r in await conn.execute(query)
+            for r in rows
         ]
 
     async def mark_published(
         self, conn: AsyncConnection, ids: Sequence[int], now: datetime
     ) -> None:
         if ids:
-            await conn.execute(
-                update(self._t).where(self._t.c.id.in_(ids)).values(published_at=now)
-            )
+            await conn.execute(self._mark, {"ids": list(ids), "now": now})
 
     async def backlog(self, conn: AsyncConnection) -> int:
         query = select(func.count()).select_from(self._t).where(self._t.c.published_at.is_(None))

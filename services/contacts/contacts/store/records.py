@@ -116,17 +116,26 @@ async def save(conn: AsyncConnection, states: Sequence[Contact], *, created: boo
         await insert_rows(conn, table, rows)
 
 
+# Built once (every consumed batch runs them): building a statement costs more than a
+# small batch's lookup.
+_RESOLVE = (
+    select(identifiers.c.identifier, identifiers.c.contact_id)
+    .where(identifiers.c.identifier.in_(bindparam("refs", expanding=True)))
+    .order_by(identifiers.c.created_at.desc(), identifiers.c.contact_id.desc())
+)
+_STATUSES = select(contacts.c.id, contacts.c.merged_into).where(
+    contacts.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 async def resolve(conn: AsyncConnection, refs: Iterable[str]) -> dict[str, str]:
     """Identifier -> contact id; where several contacts hold one, the oldest wins."""
     wanted = list(set(refs))
     if not wanted:
         return {}
-    query = (
-        select(identifiers.c.identifier, identifiers.c.contact_id)
-        .where(identifiers.c.identifier.in_(wanted))
-        .order_by(identifiers.c.created_at.desc(), identifiers.c.contact_id.desc())
-    )
-    return {row.identifier: row.contact_id for row in await conn.execute(query)}
+    return {
+        row.identifier: row.contact_id for row in await conn.execute(_RESOLVE, {"refs": wanted})
+    }
 
 
 async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str | None]:
@@ -134,8 +143,7 @@ async def statuses(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str |
     wanted = list(set(ids))
     if not wanted:
         return {}
-    query = select(contacts.c.id, contacts.c.merged_into).where(contacts.c.id.in_(wanted))
-    return {row.id: row.merged_into for row in await conn.execute(query)}
+    return {row.id: row.merged_into for row in await conn.execute(_STATUSES, {"ids": wanted})}
 
 
 async def survivor_of(conn: AsyncConnection, contact_id: str) -> str | None:

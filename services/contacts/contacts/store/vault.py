@@ -13,15 +13,29 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, null, select, union_all
+from sqlalchemy import bindparam, delete, insert, null, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from contacts.store.tables import contact_keys, erasures
 from crm_shared import privacy
 from crm_shared.events.envelope import CloudEvent
 from crm_shared.store.db import Database
 from crm_shared.store.outbox import PendingMessage
+
+# Built once (every consumed batch seals and opens events): building a statement costs
+# more than a small batch's lookup.
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_KEYS = select(contact_keys.c.contact_id, contact_keys.c.key).where(
+    contact_keys.c.contact_id.in_(_IDS)
+)
+# Keys and erasures in one statement: an erased contact has no key row.
+_KEYS_OR_ERASED = union_all(
+    _KEYS,
+    select(erasures.c.contact_id, null().label("key")).where(erasures.c.contact_id.in_(_IDS)),
+)
+_ERASED = select(erasures.c.contact_id).where(erasures.c.contact_id.in_(_IDS))
 
 
 class ErasedContact(Exception):
@@ -56,10 +70,8 @@ class Vault:
         wanted = list(set(ids))
         if not wanted:
             return {}
-        query = select(contact_keys.c.contact_id, contact_keys.c.key).where(
-            contact_keys.c.contact_id.in_(wanted)
-        )
-        return {row.contact_id: bytes(row.key) for row in await conn.execute(query)}
+        found = await conn.execute(_KEYS, {"ids": wanted})
+        return {row.contact_id: bytes(row.key) for row in found}
 
     async def keys_creating(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
         """The keys of these contacts, made for those that have none; refused for an
@@ -69,17 +81,8 @@ class Vault:
         wanted = list(asked - set(known))
         if not wanted:
             return {i: known[i] for i in asked}
-        # Keys and erasures in one statement: an erased contact has no key row.
-        query = union_all(
-            select(contact_keys.c.contact_id, contact_keys.c.key).where(
-                contact_keys.c.contact_id.in_(wanted)
-            ),
-            select(erasures.c.contact_id, null().label("key")).where(
-                erasures.c.contact_id.in_(wanted)
-            ),
-        )
         found: dict[str, bytes] = {}
-        for row in await conn.execute(query):
+        for row in await conn.execute(_KEYS_OR_ERASED, {"ids": wanted}):
             if row.key is None:
                 raise ErasedContact(row.contact_id)
             found[row.contact_id] = bytes(row.key)
@@ -103,8 +106,7 @@ class Vault:
         wanted = list(set(ids))
         if not wanted:
             return set()
-        query = select(erasures.c.contact_id).where(erasures.c.contact_id.in_(wanted))
-        return set((await conn.execute(query)).scalars())
+        return set((await conn.execute(_ERASED, {"ids": wanted})).scalars())
 
     async def destroy(self, conn: AsyncConnection, ids: Sequence[str], *, erased_with: str) -> None:
         """Delete the keys of these contacts and remember that they were erased."""

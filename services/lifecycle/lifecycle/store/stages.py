@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from crm_shared.ids import new_id
 from crm_shared.store.bulk import insert_rows
@@ -20,6 +21,39 @@ from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of, or
 from lifecycle.store.tables import clock, customer_stages, facts, stage_transitions, wakeups
 
 EVENT_TIME = "event-time"
+
+# The statements every consumed batch runs, built once: building a statement and its cache
+# key costs more than a small batch's lookup.
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_FACTS = select(facts.c.customer_id, facts.c.event_id, facts.c.type, facts.c.time).where(
+    facts.c.customer_id.in_(_IDS)
+)
+_ACTIVE = (
+    select(stage_transitions)
+    .where(stage_transitions.c.customer_id.in_(_IDS), stage_transitions.c.superseded.is_(False))
+    .order_by(stage_transitions.c.customer_id, stage_transitions.c.seq)
+)
+_STORED = (
+    select(customer_stages, wakeups.c.at.label("wake_at"))
+    .select_from(
+        customer_stages.outerjoin(wakeups, wakeups.c.customer_id == customer_stages.c.customer_id)
+    )
+    .where(customer_stages.c.customer_id.in_(_IDS))
+)
+_DUE = (
+    select(customer_stages.c.customer_id)
+    .where(customer_stages.c.next_due <= bindparam("now"))
+    .order_by(customer_stages.c.next_due)
+    .limit(bindparam("limit"))
+)
+_WOKEN = (
+    select(wakeups.c.customer_id)
+    .where(wakeups.c.at <= bindparam("now"))
+    .order_by(wakeups.c.at)
+    .limit(bindparam("limit"))
+)
+_UNWAKE = wakeups.delete().where(wakeups.c.customer_id.in_(_IDS))
+_CLOCK = select(clock.c.value).where(clock.c.name == EVENT_TIME)
 
 
 async def add_facts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -48,10 +82,7 @@ async def facts_of(
     wanted = list(set(ids))
     found: dict[str, list[Fact]] = defaultdict(list)
     for chunk in _chunks(wanted):
-        query = select(facts.c.customer_id, facts.c.event_id, facts.c.type, facts.c.time).where(
-            facts.c.customer_id.in_(chunk)
-        )
-        for row in await conn.execute(query):
+        for row in await conn.execute(_FACTS, {"ids": chunk}):
             found[row.customer_id].append(
                 Fact(row.customer_id, row.event_id, kind_of(row.type, policy), row.time)
             )
@@ -68,15 +99,7 @@ async def active_transitions(
     """The published history of each customer (not superseded), in order."""
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for chunk in _chunks(list(set(ids))):
-        query = (
-            select(stage_transitions)
-            .where(
-                stage_transitions.c.customer_id.in_(chunk),
-                stage_transitions.c.superseded.is_(False),
-            )
-            .order_by(stage_transitions.c.customer_id, stage_transitions.c.seq)
-        )
-        for row in await conn.execute(query):
+        for row in await conn.execute(_ACTIVE, {"ids": chunk}):
             found[row.customer_id].append(dict(row._mapping))
     return found
 
@@ -145,16 +168,8 @@ class Stored:
 async def stored_states(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Stored]:
     """The stored state of each of these customers that has one."""
     found: dict[str, Stored] = {}
-    joined = customer_stages.outerjoin(
-        wakeups, wakeups.c.customer_id == customer_stages.c.customer_id
-    )
     for chunk in _chunks(list(set(ids))):
-        query = (
-            select(customer_stages, wakeups.c.at.label("wake_at"))
-            .select_from(joined)
-            .where(customer_stages.c.customer_id.in_(chunk))
-        )
-        for row in await conn.execute(query):
+        for row in await conn.execute(_STORED, {"ids": chunk}):
             head = None
             if row.last_fact_at is not None and row.next_seq is not None:
                 head = Head(row.last_fact_at, row.last_fact_id, row.next_seq)
@@ -210,15 +225,8 @@ async def delete_states(conn: AsyncConnection, ids: Sequence[str]) -> None:
 async def due(conn: AsyncConnection, now: datetime, *, limit: int) -> list[str]:
     """Customers whose next silence transition is due, or who have a fact the clock reached
     (indexes on the times, no scan)."""
-    query = (
-        select(customer_stages.c.customer_id)
-        .where(customer_stages.c.next_due <= now)
-        .order_by(customer_stages.c.next_due)
-        .limit(limit)
-    )
-    found = list((await conn.execute(query)).scalars())
-    query = select(wakeups.c.customer_id).where(wakeups.c.at <= now).order_by(wakeups.c.at)
-    woken = (await conn.execute(query.limit(limit))).scalars()
+    found = list((await conn.execute(_DUE, {"now": now, "limit": limit})).scalars())
+    woken = (await conn.execute(_WOKEN, {"now": now, "limit": limit})).scalars()
     return list(dict.fromkeys([*found, *woken]))
 
 
@@ -227,14 +235,13 @@ async def set_wakeups(
 ) -> None:
     """Wake these customers at these times; the `cleared` ones have nothing waiting."""
     for chunk in _chunks(sorted(set(cleared) - at.keys())):
-        await conn.execute(wakeups.delete().where(wakeups.c.customer_id.in_(chunk)))
+        await conn.execute(_UNWAKE, {"ids": chunk})
     rows = [{"customer_id": c, "at": t} for c, t in at.items()]
     await upsert(conn, wakeups, rows, key=["customer_id"])
 
 
 async def event_clock(conn: AsyncConnection) -> datetime | None:
-    query = select(clock.c.value).where(clock.c.name == EVENT_TIME)
-    return (await conn.execute(query)).scalar_one_or_none()
+    return (await conn.execute(_CLOCK)).scalar_one_or_none()
 
 
 async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:

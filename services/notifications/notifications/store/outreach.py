@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from crm_shared.store.sql import upsert
 from notifications.domain.rules import Rule, RuleBody
@@ -34,12 +35,30 @@ CUSTOMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The statements every consumed batch runs, built once: building a statement and its cache
+# key costs more than a small batch's lookup.
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_CUSTOMERS = select(customers).where(customers.c.customer_id.in_(_IDS))
+_ACTIVE_RULES = select(rules).where(rules.c.enabled.is_(True))
+_CANCELLABLE = (
+    select(deliveries)
+    .where(deliveries.c.customer_id.in_(_IDS), deliveries.c.status.in_(("scheduled", "held")))
+    .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
+)
+_DUE = (
+    select(deliveries)
+    .where(deliveries.c.status == bindparam("status"), deliveries.c.due_at <= bindparam("now"))
+    .order_by(deliveries.c.due_at)
+    .limit(bindparam("limit"))
+)
+_DUE_LOCKING = _DUE.with_for_update(skip_locked=True)
+
+
 async def load_customers(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     wanted = list(set(ids))
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(wanted), 1000):
-        query = select(customers).where(customers.c.customer_id.in_(wanted[start : start + 1000]))
-        result = await conn.execute(query)
+        result = await conn.execute(_CUSTOMERS, {"ids": wanted[start : start + 1000]})
         names = list(result.keys())  # zipped with each row: Row._mapping costs more per row
         for row in result:
             view = dict(zip(names, row, strict=True))
@@ -83,9 +102,23 @@ async def forget_customers(conn: AsyncConnection, ids: Sequence[str], now: datet
     return int(waiting.rowcount)
 
 
+# Parsed rules by database, id, version and when it was written: a version's body never
+# changes (every change of a rule, enabling it included, makes a new version), and every
+# consumed batch with triggers asks for the active ones.
+_parsed: dict[tuple[object, str, int, datetime], Rule] = {}
+
+
 async def active_rules(conn: AsyncConnection) -> list[Rule]:
-    rows = await conn.execute(select(rules).where(rules.c.enabled.is_(True)))
-    return [rule_of(r._mapping) for r in rows]
+    found = []
+    for row in await conn.execute(_ACTIVE_RULES):
+        key = (conn.engine.url, row.id, row.version, row.updated_at)
+        rule = _parsed.get(key)
+        if rule is None:
+            if len(_parsed) >= 1000:
+                _parsed.clear()
+            rule = _parsed[key] = rule_of(row._mapping)
+        found.append(rule)
+    return found
 
 
 def rule_of(row: Any) -> Rule:
@@ -176,15 +209,8 @@ async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> lis
     wanted = sorted(set(customer_ids))
     found: list[dict[str, Any]] = []
     for start in range(0, len(wanted), 1000):
-        query = (
-            select(deliveries)
-            .where(
-                deliveries.c.customer_id.in_(wanted[start : start + 1000]),
-                deliveries.c.status.in_(("scheduled", "held")),
-            )
-            .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
-        )
-        found += [dict(r._mapping) for r in await conn.execute(query)]
+        rows = await conn.execute(_CANCELLABLE, {"ids": wanted[start : start + 1000]})
+        found += [dict(r._mapping) for r in rows]
     return found
 
 
@@ -195,16 +221,11 @@ async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[dict[str
     cost as much as the whole backlog). On PostgreSQL up to twice `limit` rows stay locked
     until the caller's transaction ends."""
     found: list[dict[str, Any]] = []
+    # On PostgreSQL replicas take different messages.
+    query = _DUE_LOCKING if conn.dialect.name == "postgresql" else _DUE
     for status in ("scheduled", "held"):
-        query = (
-            select(deliveries)
-            .where(deliveries.c.status == status, deliveries.c.due_at <= now)
-            .order_by(deliveries.c.due_at)
-            .limit(limit)
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)  # replicas take different messages
-        found += [dict(r._mapping) for r in await conn.execute(query)]
+        rows = await conn.execute(query, {"status": status, "now": now, "limit": limit})
+        found += [dict(r._mapping) for r in rows]
     return sorted(found, key=lambda d: d["due_at"])[:limit]
 
 

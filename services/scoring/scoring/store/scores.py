@@ -40,6 +40,9 @@ async def set_stages(conn: AsyncConnection, stages: dict[str, str | None]) -> No
 
 
 _PUBLISHED_COLUMNS = [c.name for c in published_scores.columns]
+_PUBLISHED = select(published_scores).where(
+    published_scores.c.customer_id.in_(bindparam("ids", expanding=True))
+)
 
 
 async def published(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -47,10 +50,7 @@ async def published(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, dict
     found: dict[str, dict[str, Any]] = {}
     names = _PUBLISHED_COLUMNS
     for start in range(0, len(wanted), 1000):
-        query = select(published_scores).where(
-            published_scores.c.customer_id.in_(wanted[start : start + 1000])
-        )
-        for row in await conn.execute(query):
+        for row in await conn.execute(_PUBLISHED, {"ids": wanted[start : start + 1000]}):
             entry = dict(zip(names, row, strict=True))
             found[entry["customer_id"]] = entry
     return found
@@ -165,10 +165,25 @@ def _decode(text: str) -> tuple[float, str]:
         raise cursor_text.BadCursor("cursor: not a cursor this API returned") from exc
 
 
+_ACTIVE_VERSION = select(models.c.version).where(models.c.active.is_(True)).limit(1)
+_MODEL = select(models.c.model).where(models.c.version == bindparam("version"))
+# Parsed models by version: a stored model never changes (a refit stores a new version),
+# and every consumed batch asks for the active one.
+_parsed: dict[str, ScoringModel] = {}
+
+
 async def active_model(conn: AsyncConnection) -> ScoringModel | None:
-    query = select(models.c.model).where(models.c.active.is_(True)).limit(1)
-    value = (await conn.execute(query)).scalar_one_or_none()
-    return ScoringModel.model_validate(value) if value else None
+    version = (await conn.execute(_ACTIVE_VERSION)).scalar_one_or_none()
+    if version is None:
+        return None
+    model = _parsed.get(version)
+    if model is None:
+        value = (await conn.execute(_MODEL, {"version": version})).scalar_one()
+        model = ScoringModel.model_validate(value)
+        if len(_parsed) >= 8:
+            _parsed.clear()
+        _parsed[version] = model
+    return model
 
 
 async def store_model(conn: AsyncConnection, model: ScoringModel) -> None:
