@@ -66,15 +66,23 @@ def is_sealed(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
 
 
+def _parts(value: str) -> tuple[str, str, str]:
+    """kind, key id, blob of a sealed value. A key id (a contact id) may hold colons; the
+    kind and the blob (base64) never do."""
+    kind, rest = value[len(PREFIX) :].split(":", 1)
+    key_id, blob = rest.rsplit(":", 1)
+    return kind, key_id, blob
+
+
 def key_id_of(value: str) -> str:
-    return value[len(PREFIX) :].split(":", 2)[1]
+    return _parts(value)[1]
 
 
 def open_value(value: str, keys: Keys) -> Any:
     """The plain value, or the empty value of its kind when its key is gone. A string that
     only looks sealed (it does not decrypt) is returned as it is."""
     try:
-        kind, key_id, blob = value[len(PREFIX) :].split(":", 2)
+        kind, key_id, blob = _parts(value)
         raw = base64.b64decode(blob, validate=True)
     except ValueError:
         return value

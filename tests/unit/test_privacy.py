@@ -19,6 +19,14 @@ def test_without_its_key_a_value_opens_empty_of_its_kind() -> None:
         assert privacy.open_value(privacy.seal(value, KEY, "c1"), {}) == empty
 
 
+def test_a_contact_id_with_colons_seals_and_opens() -> None:
+    # A bare subject that is not email:, phone: or ext: is a contact id, colons and all.
+    for contact_id in ("id:n1", "shop:77:a", "c:"):
+        sealed = privacy.seal({"emails": ["ann@example.com"]}, KEY, contact_id)
+        assert privacy.key_ids(sealed) == {contact_id}
+        assert privacy.open_value(sealed, {contact_id: KEY}) == {"emails": ["ann@example.com"]}
+
+
 def test_a_value_sealed_for_one_contact_does_not_open_with_anothers_key() -> None:
     sealed = privacy.seal("ann", KEY, "c1")
     forged = sealed.replace(":c1:", ":c2:")
