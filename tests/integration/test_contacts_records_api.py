@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
 from contacts.store import records
 from crm_shared.app.runtime import Runtime
+from crm_shared.events.envelope import BATCH_CONTENT_TYPE
 from tests.support.apps import api_client
 from tests.support.events import purchase_json
 
@@ -385,3 +387,37 @@ async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_t
     assert by_email.json()["items"] == []
     # The other Grace (found by phone, created with an idempotency key) is untouched.
     assert (await client.get(f"/v1/contacts/{sent.json()['id']}")).status_code == 200
+
+
+async def test_a_consent_change_naming_an_unknown_customer_applies_to_its_new_prospect(
+    client: httpx.AsyncClient,
+) -> None:
+    # The prospect is written before the consent change that needs it; the other prospect
+    # with the purchase that named it. A bare subject is a contact id, colons and all.
+    grant = {
+        "specversion": "1.0",
+        "id": "grant-n1",
+        "source": "shop/preferences",
+        "type": "crm.contact.consent_changed.v1",
+        "subject": "shop:n1",
+        "time": "2026-06-01T00:00:00Z",
+        "data": {
+            "contact_id": "shop:n1",
+            "channel": "email",
+            "status": "granted",
+            "source": "preference-centre",
+            "changed_at": "2026-06-01T00:00:00Z",
+        },
+    }
+    body = json.dumps([purchase_json("shop:n1"), grant, purchase_json("n2")])
+    response = await client.post(
+        "/v1/events", content=body, headers={"content-type": BATCH_CONTENT_TYPE}
+    )
+    assert response.json()["accepted"] == 3, response.text
+    first = (await client.get("/v1/contacts/shop:n1")).json()
+    assert first["origin"] == "ingestion" and first["consent"]["email"]["status"] == "granted"
+    second = (await client.get("/v1/contacts/n2")).json()
+    assert second["origin"] == "ingestion" and second["consent"] == {}
+    for contact in ("shop:n1", "n2"):
+        timeline = (await client.get(f"/v1/contacts/{contact}/timeline")).json()["items"]
+        assert "crm.purchase.completed.v1" in [e["event"]["type"] for e in timeline]

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.domain.contact import DomainError
 from contacts.domain.identity import parse_identifier, prospect_profile
-from contacts.handlers.records import ContactService, NewContact
+from contacts.handlers.records import ContactService, NewContact, Unwritten
 from contacts.store import records
 from crm_shared import tracecontext
 from crm_shared.events import CloudEvent, Event, EventData, EventRegistry, InvalidEvent
@@ -126,7 +126,13 @@ class Ingestor:
                 outcomes.append(Outcome(event.id, "accepted"))
             except ValueError as exc:
                 outcomes.append(Outcome(event.id, "rejected", f"subject: {exc}", "subject"))
-        owners, created = await self._owners(conn, _first_times(fresh))
+        # The prospects made for unknown identifiers are written with the events that named
+        # them (one statement each for events, contacts and messages), unless a consent
+        # change needs the contact stored before it.
+        unwritten = Unwritten(self._clock())
+        owners, created = await self._owners(conn, _first_times(fresh), unwritten)
+        if any(isinstance(event.data, ConsentChanged) for _, event, _ in fresh):
+            await unwritten.write(conn, self._store, self._outbox)
         # A contact created just now has its key (making it checked for an erasure).
         erased = await self._contacts.vault.erased(conn, set(owners.values()) - created)
         accepted = []
@@ -146,7 +152,7 @@ class Ingestor:
             else:
                 outcomes[index] = Outcome(event.id, "accepted", contact_id=owner)
                 accepted.append(_canonical(event, owner))
-        await self._append(conn, accepted, publish=publish)
+        await self._append(conn, accepted, publish=publish, unwritten=unwritten)
         return outcomes
 
     async def _consent(self, conn: AsyncConnection, event: Event[EventData], owner: str) -> Outcome:
@@ -186,7 +192,7 @@ class Ingestor:
         return {o.id: o.reason or "rejected" for o in outcomes if o.status == "rejected" and o.id}
 
     async def _owners(
-        self, conn: AsyncConnection, first_times: dict[str, datetime]
+        self, conn: AsyncConnection, first_times: dict[str, datetime], unwritten: Unwritten
     ) -> tuple[dict[str, str], set[str]]:
         """Identifier -> the contact it belongs to today, creating prospects as configured
         (each dated by the first event that names it: `first_times`); and the contacts
@@ -203,12 +209,16 @@ class Ingestor:
         missing = sorted(idents - set(owners))
         if not missing or self._unknown != "create":
             return owners, set()
-        created = await self._create_prospects(conn, missing, first_times)
+        created = await self._create_prospects(conn, missing, first_times, unwritten)
         owners.update(created)
         return owners, set(created.values())
 
     async def _create_prospects(
-        self, conn: AsyncConnection, idents: list[str], first_times: dict[str, datetime]
+        self,
+        conn: AsyncConnection,
+        idents: list[str],
+        first_times: dict[str, datetime],
+        unwritten: Unwritten,
     ) -> dict[str, str]:
         """A prospect for each identifier, known since its first event: a replay of last
         year's events creates contacts of last year, so event-time clocks downstream stay
@@ -218,19 +228,27 @@ class Ingestor:
             profile, external = prospect_profile(ident)
             contact_id = ident.removeprefix("id:") if ident.startswith("id:") else new_id()
             items.append(NewContact(contact_id, profile, external, first_times.get(ident)))
-        created = await self._contacts.create_many(conn, items, origin="ingestion", actor=None)
+        created = await self._contacts.create_many(
+            conn, items, origin="ingestion", actor=None, unwritten=unwritten
+        )
         return {ident: state.id for ident, state in zip(idents, created, strict=True)}
 
     async def _append(
-        self, conn: AsyncConnection, accepted: list[CloudEvent], *, publish: bool
+        self,
+        conn: AsyncConnection,
+        accepted: list[CloudEvent],
+        *,
+        publish: bool,
+        unwritten: Unwritten | None = None,
     ) -> None:
-        now = self._clock()
-        await self._store.append_many(
-            conn, [(records.timeline_stream(e.subject or ""), e) for e in accepted], now=now
-        )
+        """Append to the customers' timelines (and publish), after what `unwritten` holds."""
+        collect = unwritten if unwritten is not None else Unwritten(self._clock())
+        collect.events += [(records.timeline_stream(e.subject or ""), e) for e in accepted]
         if publish:
-            messages = [OutgoingMessage(CUSTOMER_EVENTS, e.subject or "", e) for e in accepted]
-            await self._outbox.add(conn, messages, now)
+            collect.messages += [
+                OutgoingMessage(CUSTOMER_EVENTS, e.subject or "", e) for e in accepted
+            ]
+        await collect.write(conn, self._store, self._outbox)
 
 
 def _canonical(event: Event[EventData], contact_id: str) -> CloudEvent:

@@ -8,7 +8,7 @@ with the customer's other events.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,29 @@ class NewContact:
     # When the customer became known, if before now: the time of the event that named them
     # (a prospect created by ingestion). It is the time of the published contact.created.
     known_since: datetime | None = None
+
+
+@dataclass
+class Unwritten:
+    """Events to append (stream, event), contacts created and messages to publish, at one
+    time (`now`: when they are recorded, and the created contacts' dates), collected so
+    that a unit of work writes them in one statement each (ingestion: new contacts'
+    events with the events that named them)."""
+
+    now: datetime
+    events: list[tuple[str, CloudEvent]] = field(default_factory=list)
+    created: list[Contact] = field(default_factory=list)
+    messages: list[OutgoingMessage] = field(default_factory=list)
+
+    async def write(self, conn: AsyncConnection, store: EventStore, outbox: Outbox) -> None:
+        """Write what was collected, in the order collected, and forget it. The events go
+        first: a contact created meanwhile by another transaction is a ConcurrencyError on
+        its stream, which callers retry."""
+        events, created, messages = self.events, self.created, self.messages
+        self.events, self.created, self.messages = [], [], []
+        await store.append_many(conn, events, now=self.now)
+        await records.save(conn, created, created=True)
+        await outbox.add(conn, messages, self.now)
 
 
 @dataclass(frozen=True)
@@ -104,12 +127,20 @@ class ContactService:
         return (await self.create_many(conn, [item], origin=origin, actor=actor))[0]
 
     async def create_many(
-        self, conn: AsyncConnection, items: Sequence[NewContact], *, origin: str, actor: str | None
+        self,
+        conn: AsyncConnection,
+        items: Sequence[NewContact],
+        *,
+        origin: str,
+        actor: str | None,
+        unwritten: Unwritten | None = None,
     ) -> list[Contact]:
-        """Create contacts in a few statements, whatever their number (ingestion, imports)."""
+        """Create contacts in a few statements, whatever their number (ingestion, imports).
+        With `unwritten`, their events and messages are added to it, for the caller to
+        write with its own (`Unwritten.write`), rather than written here."""
         if not items:
             return []
-        now = self.clock()
+        now = unwritten.now if unwritten is not None else self.clock()
         events = [
             domain.create(
                 i.contact_id, i.profile, origin=origin, external_ids=i.external_ids, actor=actor
@@ -120,24 +151,14 @@ class ContactService:
             self._envelope(e, e.contact_id, min(i.known_since or now, now))
             for i, e in zip(items, events, strict=True)
         ]
-        await self.store.append_many(
-            conn,
-            [
-                (records.record_stream(e.contact_id), env)
-                for e, env in zip(events, envelopes, strict=True)
-            ],
-            now=now,
-        )
+        collect = unwritten if unwritten is not None else Unwritten(now)
+        for e, env in zip(events, envelopes, strict=True):
+            collect.events.append((records.record_stream(e.contact_id), env))
+            collect.messages.append(OutgoingMessage(CUSTOMER_EVENTS, e.contact_id, env))
         states = [domain.fold(None, e, now, e.contact_id) for e in events]
-        await records.save(conn, states, created=True)
-        await self.outbox.add(
-            conn,
-            [
-                OutgoingMessage(CUSTOMER_EVENTS, e.contact_id, env)
-                for e, env in zip(events, envelopes, strict=True)
-            ],
-            now,
-        )
+        collect.created += states
+        if unwritten is None:
+            await collect.write(conn, self.store, self.outbox)
         return states
 
     async def update(
