@@ -29,7 +29,7 @@ ARGS ?=
 # Extra arguments for the CDNOW replay of `make bench`, e.g. REPLAY_ARGS="--profile replay".
 REPLAY_ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory bench-inprocess clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -59,6 +59,9 @@ help:
 	@echo "                        (ARGS=\"--profile lifecycle\", see bench/README.md)"
 	@echo "make bench-memory       RSS of every service at 10k and 100k customers, bytes per"
 	@echo "                        customer; JSON in bench/results/ (ARGS=\"--customers 1000000\")"
+	@echo "make bench-inprocess    the CDNOW master through the four services in one process, no"
+	@echo "                        broker: CPU per consumer, for comparing versions of the code"
+	@echo "                        (ARGS=\"--batch 5 --statements\", see bench/README.md)"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -124,6 +127,9 @@ bench-reads: install
 
 bench-memory: install
 	uv run python -m bench.memory_scale $(ARGS)
+
+bench-inprocess: install
+	uv run python -m bench.inprocess $(ARGS)
 
 clean:
 	rm -rf var/

@@ -57,6 +57,7 @@ class Outbox:
             .where(t.c.id.in_(bindparam("ids", expanding=True)))
             .values(published_at=bindparam("now"))
         )
+        self._high_water = select(func.coalesce(func.max(t.c.id), 0))  # before every fetch
 
     async def add(
         self, conn: AsyncConnection, messages: Sequence[OutgoingMessage], now: datetime
@@ -92,9 +93,7 @@ class Outbox:
 
     async def high_water(self, conn: AsyncConnection) -> int:
         """The id of the newest message written (0 when none)."""
-        return int(
-            (await conn.execute(select(func.coalesce(func.max(self._t.c.id), 0)))).scalar_one()
-        )
+        return int((await conn.execute(self._high_water)).scalar_one())
 
     async def republish_from(self, conn: AsyncConnection, first_id: int = 1) -> int:
         """Mark messages from `first_id` on as pending again; return how many."""
