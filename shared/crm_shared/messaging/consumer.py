@@ -333,6 +333,8 @@ class BatchConsumer:
         self._max_backoff = max_backoff
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        # The offsets of the last batch, committing while the next one is fetched.
+        self._committing: asyncio.Task[None] | None = None
         self.batches = 0
 
     @property
@@ -360,6 +362,7 @@ class BatchConsumer:
                 await self._wait(1.0)
             finally:
                 self._consumer = None
+                await self._committed()
                 await _stop_quietly(consumer)
 
     @property
@@ -406,12 +409,44 @@ class BatchConsumer:
         consumer: AIOKafkaConsumer,
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
+        """Commit the batch's offsets without waiting for the broker's answer: the next
+        fetch goes out meanwhile, and commits still go in order (each waits for the one
+        before). A crash before a commit lands replays the batch, which the inbox skips,
+        as it does when the process stops between applying a batch and committing it."""
         offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+        previous = self._committing
+        if previous is not None and previous.done() and not previous.cancelled():
+            failure = previous.exception()  # not a Kafka error: raise it here, as before
+            if failure is not None:
+                self._committing = None
+                raise failure
+        self._committing = asyncio.create_task(self._commit_after(previous, consumer, offsets))
+
+    async def _commit_after(
+        self,
+        previous: asyncio.Task[None] | None,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        if previous is not None:
+            await previous
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The partitions moved to another member; it will replay, and its inbox skips.
             log.warning("offset commit failed", extra={"consumer": self.name, "error": repr(exc)})
+
+    async def _committed(self) -> None:
+        """Wait for the offsets being committed (a stop commits what was applied)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            try:
+                await asyncio.wait_for(committing, timeout=5)
+            except Exception as exc:  # a broker that went away must not hang shutdown
+                log.warning(
+                    "offsets not committed at stop",
+                    extra={"consumer": self.name, "error": repr(exc)},
+                )
 
     def _record_lag(
         self,
