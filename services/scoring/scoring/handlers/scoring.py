@@ -53,9 +53,9 @@ SILENT_STAGES = frozenset({"dormant", "churned"})
 
 
 def rescores(event: Event[EventData]) -> bool:
-    """Whether the event calls for a new score. A stage change into an active stage (new,
-    active, won back, prospect) was caused by an event scoring consumes and scores itself
-    (the purchase, the new contact), so it only changes the stage the score shows."""
+    """Whether the event calls for a new score. A stage change into prospect, new or active
+    (a win-back included) was caused by an event scoring consumes and scores itself (the
+    new contact, the purchase), so it only changes the stage the score shows."""
     return not isinstance(event.data, StageChanged) or event.data.to_stage in SILENT_STAGES
 
 
