@@ -10,6 +10,7 @@ from unittest.mock import ANY
 import httpx
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -167,3 +168,24 @@ async def test_unknown_routes_and_bad_parameters_are_problems_too(
     bad = await client.get("/v1/contacts/c1/timeline", params={"limit": 0})
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "query.limit"
+
+
+async def test_the_event_store_and_the_outbox_keep_one_sealing_of_a_new_contact(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    # Sealed once per transaction: the same ciphertext in both tables (two sealings would
+    # differ in their random nonces).
+    response = await client.post("/v1/events", json=purchase_json("email:ann@shop.com"))
+    assert response.status_code == 202
+    runtime: Runtime = app.state.runtime
+    events, outbox = runtime.tables.events, runtime.tables.outbox
+    async with runtime.db.read() as conn:
+        stored = (
+            await conn.execute(select(events.c.envelope).where(events.c.type == CREATED))
+        ).scalar_one()
+        queued = (
+            await conn.execute(select(outbox.c.payload).where(outbox.c.event_id == stored["id"]))
+        ).scalar_one()
+    profile = stored["data"]["profile"]
+    assert isinstance(profile, str) and profile.startswith("crm-sealed:")
+    assert json.loads(queued)["data"]["profile"] == profile
