@@ -44,7 +44,6 @@ from crm_shared.app import heap
 from crm_shared.messaging.consumer import BatchProcessor, Rejected
 from crm_shared.messaging.relay import OutboxRelay
 from crm_shared.messaging.topics import INBOUND
-from crm_shared.store.inbox import Inbox
 from notifications.bootstrap import seed
 from tests.support.apps import SERVICES, service_app
 
@@ -136,15 +135,7 @@ class Chain:
             )
             self.relays[name] = (relay, keeper)
             for s in rt.subscriptions:
-                processor = BatchProcessor(
-                    name=s.name,
-                    db=rt.db,
-                    inbox=s.inbox or Inbox(rt.tables, s.name),
-                    registry=rt.registry,
-                    handler=s.handler,
-                    dead_letters=self.dead,  # type: ignore[arg-type]
-                    metrics=rt.metrics,
-                )
+                processor = rt.batch_processor(s, self.dead)
                 self.consumers.append(Consumer(f"{name}.{s.name}", s.topics, processor, []))
 
     async def timed(self, name: str, work: Any) -> Any:

@@ -222,18 +222,24 @@ class Runtime:
             raise
         self.producer = producer
 
-    def _consumer(self, subscription: Subscription, producer: AIOKafkaProducer) -> BatchConsumer:
-        s = self.settings
-        processor = BatchProcessor(
+    def batch_processor(
+        self, subscription: Subscription, dead_letters: DeadLetters
+    ) -> BatchProcessor:
+        """What applies the subscription's batches (its inbox, handler and registry)."""
+        return BatchProcessor(
             name=subscription.name,
             db=self.db,
             inbox=subscription.inbox or Inbox(self.tables, subscription.name),
             registry=self.registry,
             handler=subscription.handler,
-            dead_letters=DeadLetters(producer, self.metrics),
+            dead_letters=dead_letters,
             metrics=self.metrics,
             on_committed=self.wake_relay,
         )
+
+    def _consumer(self, subscription: Subscription, producer: AIOKafkaProducer) -> BatchConsumer:
+        s = self.settings
+        processor = self.batch_processor(subscription, DeadLetters(producer, self.metrics))
 
         def factory() -> Any:
             return make_consumer(
