@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import await_, greenlet_spawn
 
-from crm_shared.store import sqlite_inline
+from crm_shared.store import jsontext, sqlite_inline
 
 _WRITE = "crm_write"
 _ALONE = "crm_alone"  # one statement, no BEGIN: SQLite's autocommit mode
@@ -58,7 +58,12 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = async_url(url)
         parsed = make_url(self.url)
-        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
+        options: dict[str, Any] = {
+            "echo": echo,
+            "pool_pre_ping": False,
+            "json_serializer": jsontext.dumps,
+            "json_deserializer": jsontext.loads,
+        }
         if parsed.get_backend_name() == "postgresql":
             options.update(pool_size=pool_size, max_overflow=pool_size)
         elif parsed.get_driver_name() == "aiosqlite":

@@ -17,6 +17,7 @@ from crm_shared.app.problems import Problem
 from crm_shared.events import CATALOG
 from crm_shared.events.envelope import BATCH_CONTENT_TYPE, CloudEvent
 from crm_shared.events.registry import OPEN_NAME
+from crm_shared.store import jsontext
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -171,7 +172,7 @@ async def _read_body(request: Request, limit: int) -> tuple[Any, int]:
         if len(raw) > limit:
             raise Problem(413, f"the body exceeds {limit} bytes")
     try:
-        return json.loads(raw), len(raw)
+        return jsontext.loads(raw), len(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
 
