@@ -22,6 +22,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from crm_shared.store import jsontext
+
 PREFIX = "crm-sealed:1:"
 KEY_BYTES = 32
 # The extension attribute contacts adds with the identifier an event was resolved from.
@@ -92,7 +94,7 @@ def open_value(value: str, keys: Keys) -> Any:
     if key is None:
         return _EMPTY[kind]()
     try:
-        return json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], key_id.encode()))
+        return jsontext.loads(AESGCM(key).decrypt(raw[:12], raw[12:], key_id.encode()))
     except (InvalidTag, ValueError):
         return value
 

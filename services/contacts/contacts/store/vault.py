@@ -9,7 +9,6 @@ can open that contact's data again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from sqlalchemy.sql.elements import BindParameter
 from contacts.store.tables import contact_keys, erasures
 from crm_shared import privacy
 from crm_shared.events.envelope import CloudEvent
+from crm_shared.store import jsontext
 from crm_shared.store.db import Database
 from crm_shared.store.outbox import PendingMessage
 
@@ -178,7 +178,7 @@ class Vault:
         sealed = [m for m in pending if privacy.may_hold_sealed(m.payload)]
         if not sealed:
             return pending
-        documents = {m.id: json.loads(m.payload) for m in sealed}
+        documents = {m.id: jsontext.loads(m.payload) for m in sealed}
         async with self._db.read() as conn:
             keys = await self.keys(conn, privacy.all_key_ids(documents.values()))
         return [
@@ -202,7 +202,7 @@ def _has_personal(event: CloudEvent) -> bool:
 
 
 def _with_payload(message: PendingMessage, document: object) -> PendingMessage:
-    payload = json.dumps(document, separators=(",", ":")).encode()
+    payload = jsontext.dumps(document).encode()
     return PendingMessage(
         message.id, message.topic, message.key, message.event_id, payload, message.headers
     )
