@@ -37,6 +37,11 @@ _KEYS_OR_ERASED = union_all(
     select(erasures.c.contact_id, null().label("key")).where(erasures.c.contact_id.in_(_IDS)),
 )
 _ERASED = select(erasures.c.contact_id).where(erasures.c.contact_id.in_(_IDS))
+# A concurrent writer may make the same contact's key: keep whichever came first.
+_INSERT_KEYS = {
+    "postgresql": postgresql.insert(contact_keys).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(contact_keys).on_conflict_do_nothing(),
+}
 
 
 class ErasedContact(Exception):
@@ -105,10 +110,7 @@ class Vault:
             made = {i: privacy.new_key() for i in missing}
             now = self._clock()
             rows = [{"contact_id": i, "key": key, "created_at": now} for i, key in made.items()]
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            # A concurrent writer may make the same contact's key: keep whichever came first.
-            insert_keys = dialect.insert(contact_keys).on_conflict_do_nothing()
-            result = await conn.execute(insert_keys, rows)
+            result = await conn.execute(_INSERT_KEYS[conn.dialect.name], rows)
             if result.rowcount == len(rows):  # every one went in: these are the keys
                 found.update(made)
             else:
