@@ -10,7 +10,7 @@ from unittest.mock import ANY
 import httpx
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -210,3 +210,36 @@ async def test_a_custom_events_numbers_and_text_come_back_exactly_as_sent(
     timeline = (await client.get("/v1/contacts/c-json/timeline")).json()
     [stored] = [e["event"] for e in timeline["items"] if e["event"]["id"] == event["id"]]
     assert stored["data"] == data
+
+
+async def test_a_new_customers_first_event_reads_no_stream_ends_and_no_keys(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The prospect made for an unknown customer is new: its streams are empty and it has
+    no key, so neither is looked up; its next event appends after what the first wrote."""
+    runtime: Runtime = app.state.runtime
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(" ".join(str(args[2]).split()).upper())
+
+    engine = runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = await client.post("/v1/events", json=purchase_json("c-new"))
+        on_first = list(statements)
+        second = await client.post("/v1/events", json=purchase_json("c-new", day=1))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert first.status_code == second.status_code == 202
+    assert not [s for s in on_first if "MAX(EVENTS.VERSION)" in s or "FROM CONTACT_KEYS" in s]
+    assert any("MAX(EVENTS.VERSION)" in s for s in statements[len(on_first) :])
+    contact = first.json()["contact_id"]
+    async with runtime.db.read() as conn:
+        rows = await conn.execute(
+            select(runtime.tables.events.c.stream_id, runtime.tables.events.c.version)
+            .where(runtime.tables.events.c.stream_id.contains(contact))
+            .order_by(runtime.tables.events.c.position)
+        )
+        versions = [(stream.split("-")[0], version) for stream, version in rows]
+    assert versions == [("contact", 1), ("timeline", 1), ("timeline", 2)]

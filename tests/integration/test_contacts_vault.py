@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -86,3 +86,46 @@ async def test_a_transaction_rolled_back_leaves_no_key_behind_for_the_next(db: D
         second = await vault.keys_creating(conn, ["y"])
     assert second["y"] != first["y"]
     assert (await _stored_keys(db))["y"] == second["y"]
+
+
+async def test_a_contact_created_in_the_transaction_gets_its_key_without_a_lookup(
+    db: Database,
+) -> None:
+    """A new contact cannot have a key or an erasure yet: its key is made straight away.
+    Told so of a contact that had a key after all, the vault keeps the stored one."""
+    vault = Vault(db, lambda: NOW)
+    async with db.transaction() as conn:
+        stored = await vault.keys_creating(conn, ["old"])
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(" ".join(str(args[2]).split()).upper())
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.transaction() as conn:
+            vault.created(conn, ["new"])
+            new = await vault.keys_creating(conn, ["new"])
+        made = list(statements)
+        async with db.transaction() as conn:
+            vault.created(conn, ["old"])
+            old = await vault.keys_creating(conn, ["old"])
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    assert [s.split()[0] for s in made if "CONTACT_KEYS" in s or "ERASURES" in s] == ["INSERT"]
+    assert old == stored
+    assert await _stored_keys(db) == {"old": stored["old"], "new": new["new"]}
+
+
+async def test_only_the_transaction_that_creates_a_contact_skips_the_lookup(
+    db: Database,
+) -> None:
+    vault = Vault(db, lambda: NOW)
+    async with db.transaction() as conn:
+        vault.created(conn, ["z"])
+        await vault.keys_creating(conn, ["z"])
+    async with db.transaction() as conn:
+        await vault.destroy(conn, ["z"], erased_with="z")
+    with pytest.raises(ErasedContact):
+        async with db.transaction() as conn:
+            await vault.keys_creating(conn, ["z"])

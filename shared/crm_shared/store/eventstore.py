@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
@@ -99,14 +99,23 @@ class EventStore:
         return current + len(events)
 
     async def append_many(
-        self, conn: AsyncConnection, batch: Sequence[tuple[str, CloudEvent]], *, now: datetime
+        self,
+        conn: AsyncConnection,
+        batch: Sequence[tuple[str, CloudEvent]],
+        *,
+        now: datetime,
+        new_streams: Collection[str] = (),
     ) -> list[int]:
-        """Append to many streams at their current ends in two statements; return versions."""
+        """Append to many streams at their current ends in two statements; return versions.
+        `new_streams` are known to be empty (a contact created in this transaction): their
+        ends are not read, and if one was not empty after all, its first version is taken
+        and the append fails with ConcurrencyError."""
         if not batch:
             return []
-        ids = list({stream_id: None for stream_id, _ in batch})
-        found = await conn.execute(self._ends, {"ids": ids})
-        ends: dict[str, int] = {row[0]: row[1] for row in found}
+        ids = [i for i in {stream_id: None for stream_id, _ in batch} if i not in new_streams]
+        ends: dict[str, int] = {}
+        if ids:
+            ends = {row[0]: row[1] for row in await conn.execute(self._ends, {"ids": ids})}
         if self.codec is not None:
             sealed = await self.codec.seal(conn, [event for _, event in batch])
             batch = [

@@ -72,7 +72,10 @@ class Unwritten:
         its stream, which callers retry."""
         events, created, messages = self.events, self.created, self.messages
         self.events, self.created, self.messages = [], [], []
-        await store.append_many(conn, events, now=self.now)
+        new = {
+            s for c in created for s in (records.record_stream(c.id), records.timeline_stream(c.id))
+        }
+        await store.append_many(conn, events, now=self.now, new_streams=new)
         await records.save(conn, created, created=True)
         await outbox.add(conn, messages, self.now)
 
@@ -151,6 +154,7 @@ class ContactService:
             self._envelope(e, e.contact_id, min(i.known_since or now, now))
             for i, e in zip(items, events, strict=True)
         ]
+        self.vault.created(conn, [i.contact_id for i in items])
         collect = unwritten if unwritten is not None else Unwritten(now)
         for e, env in zip(events, envelopes, strict=True):
             collect.events.append((records.record_stream(e.contact_id), env))

@@ -55,6 +55,8 @@ class ErasedContact(Exception):
 @dataclass
 class _InTransaction:
     keys: dict[str, bytes] = field(default_factory=dict)
+    # Contacts created in this transaction: no key to look up, no erasure to check.
+    created: set[str] = field(default_factory=set)
     # id(event) -> (the event, its sealed copy); the event is kept so its id is not reused
     sealed: dict[int, tuple[CloudEvent, CloudEvent]] = field(default_factory=dict)
 
@@ -80,10 +82,6 @@ class Vault:
             self._in_transaction = (transaction, _InTransaction())
         return self._in_transaction[1]
 
-    def _known(self, conn: AsyncConnection) -> dict[str, bytes]:
-        """The keys this transaction has seen (empty outside a transaction)."""
-        return self._current(conn).keys
-
     async def keys(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
         """The keys that still exist among these contact ids."""
         wanted = list(set(ids))
@@ -92,20 +90,27 @@ class Vault:
         found = await conn.execute(_KEYS, {"ids": wanted})
         return {row.contact_id: bytes(row.key) for row in found}
 
+    def created(self, conn: AsyncConnection, ids: Iterable[str]) -> None:
+        """Tell the vault that these contacts are being created in this transaction: their
+        keys are made without looking for one or for an erasure first. A contact that
+        existed after all cannot be created again (its stream and row are taken), so that
+        transaction fails as a whole, the key made for it included."""
+        self._current(conn).created.update(ids)
+
     async def keys_creating(self, conn: AsyncConnection, ids: Iterable[str]) -> dict[str, bytes]:
         """The keys of these contacts, made for those that have none; refused for an
         erased contact (its data must not come back under a new key)."""
         asked = set(ids)
-        known = self._known(conn)
-        wanted = list(asked - set(known))
-        if not wanted:
-            return {i: known[i] for i in asked}
+        current = self._current(conn)
+        known = current.keys
+        wanted = list(asked - set(known) - current.created)
         found: dict[str, bytes] = {}
-        for row in await conn.execute(_KEYS_OR_ERASED, {"ids": wanted}):
-            if row.key is None:
-                raise ErasedContact(row.contact_id)
-            found[row.contact_id] = bytes(row.key)
-        missing = sorted(set(wanted) - set(found))
+        if wanted:
+            for row in await conn.execute(_KEYS_OR_ERASED, {"ids": wanted}):
+                if row.key is None:
+                    raise ErasedContact(row.contact_id)
+                found[row.contact_id] = bytes(row.key)
+        missing = sorted((set(wanted) | (asked & current.created)) - set(found) - set(known))
         if missing:
             made = {i: privacy.new_key() for i in missing}
             now = self._clock()
