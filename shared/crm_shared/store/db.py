@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,10 +25,13 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.util import await_, greenlet_spawn
 
 from crm_shared.store import jsontext, sqlite_inline
+from crm_shared.store.sqlite_checkpoint import Checkpointer
 
 _WRITE = "crm_write"
 _ALONE = "crm_alone"  # one statement, no BEGIN: SQLite's autocommit mode
 WAL_CHECKPOINT_PAGES = 20_000  # see `_configure_sqlite`
+# What a connection checkpoints itself, should the checkpointer thread fall behind.
+WAL_AUTOCHECKPOINT_PAGES = 2 * WAL_CHECKPOINT_PAGES
 
 
 def async_url(url: str) -> str:
@@ -75,8 +79,13 @@ class Database:
             # overflow of twice that); a request beyond them waits for one.
             options.update(pool_size=pool_size * 3, max_overflow=0)
         self.engine = create_async_engine(self.url, **options)
+        # A file's WAL is checkpointed by a thread of its own (`sqlite_checkpoint`).
+        self.checkpointer: Checkpointer | None = None
+        if is_sqlite(self.engine) and parsed.database not in (None, "", ":memory:"):
+            path = os.path.abspath(parsed.database)
+            self.checkpointer = Checkpointer(path, pages=WAL_CHECKPOINT_PAGES)
         if is_sqlite(self.engine):
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, self.checkpointer)
         self._writer = self.engine.execution_options(**{_WRITE: True})
         # SQLite has one writer at a time. Queuing writers here, in the event loop, wakes the
         # next one as soon as the lock is free; left to SQLite, waiting connections sleep in
@@ -171,13 +180,15 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()  # started again by the next connection made
         reader, self._reader = self._reader, None
         if reader is not None:
             await greenlet_spawn(reader.close)
         await self.engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, checkpointer: Checkpointer | None) -> None:
     sync_engine = engine.sync_engine
     inline = engine.dialect.driver == "inline"
     # Inline, a statement waiting for a lock would stall the event loop: writers wait for the
@@ -205,11 +216,14 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             # ms of CPU per event for the whole system against 0.39-0.40 (+5-8% events/s);
             # 5,000 pages gave half of that and no automatic checkpoint at all no more.
             # The cost: a WAL file of up to 80 MiB per database (reused, not regrown) and a
-            # longer replay of it when a database is opened after a crash.
-            f"wal_autocheckpoint={WAL_CHECKPOINT_PAGES}",
+            # longer replay of it when a database is opened after a crash. The checkpointer
+            # thread does it at WAL_CHECKPOINT_PAGES; a connection only at twice that.
+            f"wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+        if checkpointer is not None:
+            checkpointer.start()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
