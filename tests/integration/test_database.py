@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import sqlite_inline
 from crm_shared.store.db import WAL_AUTOCHECKPOINT_PAGES, WAL_CHECKPOINT_PAGES, Database
-from crm_shared.store.sqlite_checkpoint import wal_frames
 
 DRIVERS = ["sqlite", "sqlite+aiosqlite"]
 
@@ -183,50 +182,57 @@ async def _write_blobs(db: Database, payload: bytes, transactions: int) -> int:
         return int((await conn.exec_driver_sql("SELECT count(*) FROM blobs")).scalar_one())
 
 
+def _wal_bytes(path: Path) -> int:
+    """The WAL file's size: the most it held since created (it is reused, not shrunk).
+    Only stat: opening and closing it would drop SQLite's locks on it in this process."""
+    wal = Path(str(path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_the_checkpointer_thread_copies_the_wal_into_the_database(
     tmp_path: Path, driver: str
 ) -> None:
-    """Once the WAL holds `pages` frames, the thread copies them into the database, and the
-    next writer starts the WAL over; no connection checkpoints (they would at 40,000)."""
+    """The thread copies the WAL into the database as writes come, and once it holds
+    `pages` frames the next writer starts it over; no connection checkpoints (they would
+    at 40,000 frames)."""
     path = tmp_path / "db.sqlite"
     db = Database(f"{driver}:///{path}")
     assert db.checkpointer is not None
     db.checkpointer.pages = 200
+    db.checkpointer.poll = 0.02
     try:
         async with db.transaction() as conn:
             await conn.run_sync(metadata.create_all)
         written = await _write_blobs(db, b"x" * 3000, 30)  # ~600 pages
         deadline = time.monotonic() + 10
-        while db.checkpointer.restarts == 0 and time.monotonic() < deadline:
-            await _write_blobs(db, b"y" * 3000, 1)
-            await asyncio.sleep(0.05)
+        while db.checkpointer.restarts == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # a thread's counter: nothing to await
         restarts = db.checkpointer.restarts
-        await _write_blobs(db, b"z" * 3000, 1)  # the next writer starts over
-        frames = wal_frames(str(path) + "-shm")
+        before = _wal_bytes(path)
+        await _write_blobs(db, b"z" * 3000, 5)  # the next writer starts over: no growth
+        after = _wal_bytes(path)
     finally:
         await db.dispose()
     assert written == 600
     assert restarts >= 1
-    assert frames is not None and frames < 200  # started over, not grown to 40,000
+    assert after == before
     with sqlite3.connect(path) as plain:
         assert plain.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert plain.execute("SELECT count(*) FROM blobs").fetchone()[0] >= 640
+        assert plain.execute("SELECT count(*) FROM blobs").fetchone()[0] == 700
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
 async def test_the_wal_stays_small_under_writes_back_to_back(tmp_path: Path, driver: str) -> None:
-    """With a write always under way, a checkpoint rarely ends between two of them, and the
+    """With a write always under way, a checkpoint seldom ends between two of them, and the
     WAL starts over only when a connection checkpoints it (inline: on the event loop, at
-    40,000 frames). The thread's RESTART starts it over between two writes instead: here
-    the WAL stayed under 6,200 frames (1,300 with aiosqlite) where without RESTART it grew
-    to 40,000 (27,000)."""
+    40,000 frames). The thread's RESTART starts it over between two writes instead."""
     path = tmp_path / "db.sqlite"
     db = Database(f"{driver}:///{path}")
     assert db.checkpointer is not None
     db.checkpointer.pages = 200
     db.checkpointer.poll = 0.01
-    most = written = 0
+    written = 0
     try:
         async with db.transaction() as conn:
             await conn.run_sync(metadata.create_all)
@@ -235,24 +241,10 @@ async def test_the_wal_stays_small_under_writes_back_to_back(tmp_path: Path, dri
             async with db.transaction() as conn:
                 await conn.execute(blobs.insert(), [{"data": b"w" * 3000} for _ in range(20)])
             written += 1
-            most = max(most, wal_frames(str(path) + "-shm") or 0)
+        most = _wal_bytes(path)
     finally:
         await db.dispose()
     assert db.checkpointer.restarts >= 1
-    assert most < 15_000, (most, written)
-
-
-def test_the_wal_index_gives_the_frames_the_wal_holds(tmp_path: Path) -> None:
-    path = tmp_path / "plain.sqlite"
-    assert wal_frames(str(path) + "-shm") is None  # no WAL yet
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("CREATE TABLE t (x BLOB)")
-        conn.executemany("INSERT INTO t VALUES (?)", [(b"z" * 2000,)] * 100)
-        frames = wal_frames(str(path) + "-shm")
-        busy, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    finally:
-        conn.close()
-    assert busy == 0 and frames == log == copied and log > 50
+    # Without RESTART it reached the connections' own checkpoint, 40,000 pages (160 MiB),
+    # with either driver; with it, 60-75 MiB inline and under 40 with aiosqlite.
+    assert most < 0.7 * WAL_AUTOCHECKPOINT_PAGES * 4096, (most, written)

@@ -6,19 +6,25 @@ connection: with the inline driver, on the event loop's thread, which stops for 
 Contacts, sent single POSTs, stalled 50-95 ms every ~1,000 of them (20,000 pages), long
 enough to be the 99th percentile of the POST-to-stage latency.
 
-`Checkpointer` reads the WAL index header (the `-shm` file; its layout is documented in
-SQLite's walformat.html) every `poll` seconds and, once the WAL holds `pages` frames,
-checkpoints it from a connection of its own, in two steps:
+`Checkpointer` checkpoints from a connection of its own, every `poll` seconds:
 
-- PASSIVE: copies what is there without waiting for or blocking readers and writers (the
-  sqlite3 module lets go of the GIL while SQLite works, so the copy runs beside the loop);
-- RESTART: copies what writers added meanwhile, holding the write lock for that (a few
-  milliseconds), and waits for readers to leave the WAL, so that the next writer starts it
-  over from the beginning. Without it, under a steady stream of writes the WAL never
-  starts over, and a committing connection would checkpoint it after all.
+- PASSIVE copies what is in the WAL without waiting for or blocking readers and writers
+  (the sqlite3 module lets go of the GIL while SQLite works, so the copy runs beside the
+  loop). It also says how many frames the WAL holds.
+- Once that is `pages` or more: PASSIVE again (for what came in meanwhile), then RESTART,
+  which copies the rest holding the write lock (a few milliseconds) and makes sure no
+  reader is left in the WAL, so that the next writer starts it over from the beginning.
+  Under a steady stream of writes a checkpoint seldom ends between two of them, and
+  without RESTART the WAL would only start over when a committing connection checkpointed
+  it after all. RESTART runs without a busy timeout, so it never waits holding writers
+  off; it is retried while a writer or a reader is in the way.
 
 The service's connections keep an automatic checkpoint at twice `pages`, in case this
 thread falls behind or stops.
+
+It never opens SQLite's files itself: closing any descriptor of a file drops every POSIX
+lock the process holds on it, SQLite's included, and a connection opened afterwards would
+take itself for the only one and reset the WAL index under the others (a SIGBUS).
 """
 
 from __future__ import annotations
@@ -26,42 +32,20 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import struct
 import threading
 
 log = logging.getLogger(__name__)
 
-WAL_INDEX_VERSION = 3007000
-# The WAL index header starts with iVersion, unused, iChange, isInit, bigEndCksum, szPage
-# and mxFrame (frames in the WAL), in the host's byte order.
-_HEADER = struct.Struct("=IIIBBHI")
-_INDEX_BYTES = 48
-# RESTART is tried this often, this far apart, and again at a later poll if it never
+# RESTART is tried this often, this far apart, and again at a later round if it never
 # finds the WAL free.
 RESTART_TRIES = 50
 RESTART_PAUSE = 0.002
 
 
-def wal_frames(shm_path: str) -> int | None:
-    """Frames in the WAL since it last started over, from the WAL index; None when there
-    is no index (yet) or it is not one this code knows."""
-    try:
-        with open(shm_path, "rb") as shm:
-            raw = shm.read(_INDEX_BYTES)
-    except FileNotFoundError:
-        return None
-    if len(raw) < _INDEX_BYTES:
-        return None
-    version, _, _, _, _, _, frames = _HEADER.unpack_from(raw, 0)
-    if version != WAL_INDEX_VERSION:
-        return None
-    return int(frames)
-
-
 class Checkpointer:
     """Checkpoints one database file's WAL from a daemon thread (see the module)."""
 
-    def __init__(self, path: str, *, pages: int, poll: float = 0.1) -> None:
+    def __init__(self, path: str, *, pages: int, poll: float = 0.25) -> None:
         self.path = path
         self.pages = pages
         self.poll = poll
@@ -93,10 +77,30 @@ class Checkpointer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
+    def _run(self, stop: threading.Event) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            while not stop.wait(self.poll):
+                if not os.path.exists(self.path):
+                    return  # the database went away (a test's directory, say)
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, isolation_level=None)
+                        connection.execute("PRAGMA busy_timeout=0")
+                    _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                    if frames >= self.pages:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self.restarts += self._restart(connection, stop)
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
+        finally:
+            if connection is not None:
+                connection.close()
+
     def _restart(self, connection: sqlite3.Connection, stop: threading.Event) -> int:
-        """Try RESTART until it gets the write lock with no reader left in the WAL: without a
-        busy timeout it never waits (and so never holds writers off while it waits); when a
-        writer or a reader is there it does what it can, as PASSIVE, and says so."""
+        """RESTART until it finds neither a writer nor a reader in the way (then 1), or gives
+        up for this round (0); in the way, it does what PASSIVE does."""
         for _ in range(RESTART_TRIES):
             busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if not busy:
@@ -104,28 +108,3 @@ class Checkpointer:
             if stop.wait(RESTART_PAUSE):
                 break
         return 0
-
-    def _run(self, stop: threading.Event) -> None:
-        connection: sqlite3.Connection | None = None
-        try:
-            while not stop.wait(self.poll):
-                frames = wal_frames(self.path + "-shm")
-                if frames is None or frames < self.pages:
-                    continue
-                if not os.path.exists(self.path):
-                    return  # the database went away (a test's directory, say)
-                try:
-                    if connection is None:
-                        connection = sqlite3.connect(self.path, isolation_level=None)
-                        connection.execute("PRAGMA busy_timeout=0")
-                    # The second PASSIVE copies what came in during the first, so that
-                    # RESTART, which holds writers off, has little left to copy.
-                    for _ in range(2):
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                    self.restarts += self._restart(connection, stop)
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
-        finally:
-            if connection is not None:
-                connection.close()
