@@ -129,3 +129,15 @@ async def test_only_the_transaction_that_creates_a_contact_skips_the_lookup(
     with pytest.raises(ErasedContact):
         async with db.transaction() as conn:
             await vault.keys_creating(conn, ["z"])
+
+
+async def test_a_contact_created_and_erased_in_one_transaction_gets_no_new_key(
+    db: Database,
+) -> None:
+    vault = Vault(db, lambda: NOW)
+    with pytest.raises(ErasedContact):
+        async with db.transaction() as conn:
+            vault.created(conn, ["brief"])
+            await vault.keys_creating(conn, ["brief"])
+            await vault.destroy(conn, ["brief"], erased_with="brief")
+            await vault.keys_creating(conn, ["brief"])

@@ -135,6 +135,7 @@ class Vault:
         current.sealed.clear()  # sealed with keys about to go
         for contact_id in ids:
             current.keys.pop(contact_id, None)
+            current.created.discard(contact_id)  # erased now: looked up (and refused) again
         await conn.execute(delete(contact_keys).where(contact_keys.c.contact_id.in_(ids)))
         already = await self.erased(conn, ids)
         rows = [
