@@ -117,8 +117,12 @@ class Database:
             async with self._writer.begin() as conn:
                 yield conn
             return
-        async with self._write_turn, self._writer.begin() as conn:
-            yield conn
+        async with self._write_turn:
+            async with self._writer.begin() as conn:
+                yield conn
+            checkpointer = self.checkpointer
+            if checkpointer is not None and checkpointer.restart_wanted:
+                checkpointer.restart_here()  # between two writes (see `sqlite_checkpoint`)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

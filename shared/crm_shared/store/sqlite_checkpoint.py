@@ -6,21 +6,22 @@ connection: with the inline driver, on the event loop's thread, which stops for 
 Contacts, sent single POSTs, stalled 50-95 ms every ~1,000 of them (20,000 pages), long
 enough to be the 99th percentile of the POST-to-stage latency.
 
-`Checkpointer` checkpoints from a connection of its own, every `poll` seconds:
+`Checkpointer` checkpoints from a connection of its own, in a thread, every `poll` seconds,
+in PASSIVE mode: it copies what is in the WAL without waiting for or blocking readers and
+writers (the sqlite3 module lets go of the GIL while SQLite works, so the copy runs beside
+the loop), and says how many frames the WAL holds.
 
-- PASSIVE copies what is in the WAL without waiting for or blocking readers and writers
-  (the sqlite3 module lets go of the GIL while SQLite works, so the copy runs beside the
-  loop). It also says how many frames the WAL holds.
-- Once that is `pages` or more: PASSIVE again (for what came in meanwhile), then RESTART,
-  which copies the rest holding the write lock (a few milliseconds) and makes sure no
-  reader is left in the WAL, so that the next writer starts it over from the beginning.
-  Under a steady stream of writes a checkpoint seldom ends between two of them, and
-  without RESTART the WAL would only start over when a committing connection checkpointed
-  it after all. RESTART runs without a busy timeout, so it never waits holding writers
-  off; it is retried while a writer or a reader is in the way.
+Copying is not enough: the WAL starts over only when a write begins with every frame
+copied and no reader left in it, and under a steady stream of writes a copy seldom ends
+between two of them. So once the WAL holds `pages` frames the thread copies once more and
+asks for a RESTART (`restart_wanted`), which `Database.transaction` runs between two
+writes, on the loop, holding the process's write turn: `restart_here` copies the few
+frames written since (a RESTART holds the write lock while it does) and makes sure no
+reader is in the WAL, so that the next write starts it over. It does not wait: with a
+reader in the WAL it tries again after the next write.
 
 The service's connections keep an automatic checkpoint at twice `pages`, in case this
-thread falls behind or stops.
+falls behind or stops.
 
 It never opens SQLite's files itself: closing any descriptor of a file drops every POSIX
 lock the process holds on it, SQLite's included, and a connection opened afterwards would
@@ -36,11 +37,6 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# RESTART is tried this often, this far apart, and again at a later round if it never
-# finds the WAL free.
-RESTART_TRIES = 50
-RESTART_PAUSE = 0.002
-
 
 class Checkpointer:
     """Checkpoints one database file's WAL from a daemon thread (see the module)."""
@@ -51,9 +47,11 @@ class Checkpointer:
         self.poll = poll
         self.checkpoints = 0
         self.restarts = 0
+        self.restart_wanted = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._here: sqlite3.Connection | None = None  # the loop's, for `restart_here`
 
     @property
     def running(self) -> bool:
@@ -76,6 +74,26 @@ class Checkpointer:
             self._stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        here, self._here = self._here, None
+        if here is not None:
+            here.close()
+
+    def restart_here(self) -> bool:
+        """RESTART now, from the caller's thread, between two writes of this process (see
+        the module); whether the WAL will start over."""
+        if self._here is None:
+            self._here = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._here.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = self._here.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("WAL restart failed", extra={"error": repr(exc)})
+            return False
+        if busy:
+            return False
+        self.restart_wanted = False
+        self.restarts += 1
+        return True
 
     def _run(self, stop: threading.Event) -> None:
         connection: sqlite3.Connection | None = None
@@ -91,20 +109,9 @@ class Checkpointer:
                     self.checkpoints += 1
                     if frames >= self.pages:
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        self.restarts += self._restart(connection, stop)
+                        self.restart_wanted = True
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
         finally:
             if connection is not None:
                 connection.close()
-
-    def _restart(self, connection: sqlite3.Connection, stop: threading.Event) -> int:
-        """RESTART until it finds neither a writer nor a reader in the way (then 1), or gives
-        up for this round (0); in the way, it does what PASSIVE does."""
-        for _ in range(RESTART_TRIES):
-            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            if not busy:
-                return 1
-            if stop.wait(RESTART_PAUSE):
-                break
-        return 0
