@@ -10,7 +10,7 @@ from unittest.mock import ANY
 import httpx
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -18,6 +18,7 @@ from crm_shared.app.runtime import Runtime
 from crm_shared.events import BATCH_CONTENT_TYPE
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from tests.support.apps import api_client
+from tests.support.db import statements_of
 from tests.support.events import login_json, purchase_json
 
 BATCH = {"content-type": BATCH_CONTENT_TYPE}
@@ -218,19 +219,10 @@ async def test_a_new_customers_first_event_reads_no_stream_ends_and_no_keys(
     """The prospect made for an unknown customer is new: its streams are empty and it has
     no key, so neither is looked up; its next event appends after what the first wrote."""
     runtime: Runtime = app.state.runtime
-    statements: list[str] = []
-
-    def record(*args: object) -> None:
-        statements.append(" ".join(str(args[2]).split()).upper())
-
-    engine = runtime.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with statements_of(runtime.db) as statements:
         first = await client.post("/v1/events", json=purchase_json("c-new"))
         on_first = list(statements)
         second = await client.post("/v1/events", json=purchase_json("c-new", day=1))
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert first.status_code == second.status_code == 202
     assert not [s for s in on_first if "MAX(EVENTS.VERSION)" in s or "FROM CONTACT_KEYS" in s]
     assert any("MAX(EVENTS.VERSION)" in s for s in statements[len(on_first) :])

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
@@ -16,6 +16,7 @@ from contacts.store.tables import contact_keys
 from contacts.store.vault import ErasedContact, Vault
 from crm_shared.app.runtime import Runtime
 from crm_shared.store.db import Database
+from tests.support.db import statements_of
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -96,13 +97,7 @@ async def test_a_contact_created_in_the_transaction_gets_its_key_without_a_looku
     vault = Vault(db, lambda: NOW)
     async with db.transaction() as conn:
         stored = await vault.keys_creating(conn, ["old"])
-    statements: list[str] = []
-
-    def record(*args: object) -> None:
-        statements.append(" ".join(str(args[2]).split()).upper())
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_of(db) as statements:
         async with db.transaction() as conn:
             vault.created(conn, ["new"])
             new = await vault.keys_creating(conn, ["new"])
@@ -110,8 +105,6 @@ async def test_a_contact_created_in_the_transaction_gets_its_key_without_a_looku
         async with db.transaction() as conn:
             vault.created(conn, ["old"])
             old = await vault.keys_creating(conn, ["old"])
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
     assert [s.split()[0] for s in made if "CONTACT_KEYS" in s or "ERASURES" in s] == ["INSERT"]
     assert old == stored
     assert await _stored_keys(db) == {"old": stored["old"], "new": new["new"]}

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import sqlite_inline
 from crm_shared.store.db import WAL_AUTOCHECKPOINT_PAGES, WAL_CHECKPOINT_PAGES, Database
+from tests.support.db import database_with
 
 DRIVERS = ["sqlite", "sqlite+aiosqlite"]
 
@@ -50,10 +51,7 @@ async def test_a_read_sees_one_snapshot_even_when_a_write_commits_between_its_qu
 
 
 async def _table(tmp_path: Path) -> Database:
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    async with db.transaction() as conn:
-        await conn.run_sync(metadata.create_all)
-    return db
+    return await database_with(f"sqlite:///{tmp_path / 'db.sqlite'}", metadata)
 
 
 async def test_the_default_sqlite_driver_runs_on_the_event_loop(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, Table, select, text
 
-from crm_shared.store.db import Database
+from tests.support.db import database_with
 
 metadata = MetaData()
 documents = Table(
@@ -28,15 +28,8 @@ BODIES: list[Any] = [
 ]
 
 
-async def _database(database_url: str) -> Database:
-    db = Database(database_url)
-    async with db.transaction() as conn:
-        await conn.run_sync(metadata.create_all)
-    return db
-
-
 async def test_json_documents_read_back_exactly_as_written(database_url: str) -> None:
-    db = await _database(database_url)
+    db = await database_with(database_url, metadata)
     try:
         async with db.transaction() as conn:
             await conn.execute(
@@ -57,7 +50,7 @@ async def test_a_sqlite_document_written_with_nan_by_the_json_module_still_reads
 ) -> None:
     """Databases written before orjson may hold NaN and Infinity (the json module's tokens);
     orjson refuses them, so they are read by json."""
-    db = await _database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db = await database_with(f"sqlite:///{tmp_path / 'db.sqlite'}", metadata)
     stored = json.dumps({"nan": math.nan, "inf": math.inf})
     try:
         async with db.transaction() as conn:
@@ -73,7 +66,7 @@ async def test_a_sqlite_document_written_with_nan_by_the_json_module_still_reads
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 async def test_nan_and_infinity_are_written_as_null(database_url: str, value: float) -> None:
     """PostgreSQL refuses NaN and Infinity in JSON; they are stored as null everywhere."""
-    db = await _database(database_url)
+    db = await database_with(database_url, metadata)
     try:
         async with db.transaction() as conn:
             await conn.execute(documents.insert().values(n=1, body={"x": value}))

@@ -46,9 +46,9 @@ busy_timeout_ms = 200
 yield_every = 0.005
 _last_yield = 0.0
 lock_timeout = 30.0
-# While another connection holds the write lock (an ops command; the checkpointer's RESTART,
-# for a few milliseconds), try again after 0.2, 0.4, 0.8 ... ms, at most 5 ms apart: with
-# 50 ms a hold of 5 ms cost a POST up to 15.
+# While another connection holds the write lock (an ops command, another process), try again
+# after 0.2, 0.4, 0.8 ... ms, at most 5 ms apart: with 1 to 50 ms a hold of 5 ms cost a
+# write up to 15. (This process's own writers queue in `Database.transaction` instead.)
 _first_backoff = 0.0002
 _max_backoff = 0.005
 

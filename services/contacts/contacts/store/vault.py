@@ -103,14 +103,15 @@ class Vault:
         asked = set(ids)
         current = self._current(conn)
         known = current.keys
-        wanted = list(asked - set(known) - current.created)
+        unknown = asked - set(known)
+        looked_up = list(unknown - current.created)  # a created one has no key, no erasure
         found: dict[str, bytes] = {}
-        if wanted:
-            for row in await conn.execute(_KEYS_OR_ERASED, {"ids": wanted}):
+        if looked_up:
+            for row in await conn.execute(_KEYS_OR_ERASED, {"ids": looked_up}):
                 if row.key is None:
                     raise ErasedContact(row.contact_id)
                 found[row.contact_id] = bytes(row.key)
-        missing = sorted((set(wanted) | (asked & current.created)) - set(found) - set(known))
+        missing = sorted(unknown - set(found))
         if missing:
             made = {i: privacy.new_key() for i in missing}
             now = self._clock()
