@@ -3,6 +3,7 @@ before and after must compare and sort as text), and reads back the same aware i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -57,3 +58,40 @@ def test_one_processor_fed_repeats_and_changes_writes_each_value_right() -> None
     assert [ours(v) for v in sequence] == expected
     with pytest.raises(ValueError, match="timezone-aware"):
         ours(same.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize("value", VALUES, ids=str)
+def test_sqlite_reads_back_the_same_instant_in_utc(value: datetime) -> None:
+    write = UtcDateTime().bind_processor(DIALECT)
+    read = _reader()
+    assert write is not None
+    back = read(write(value))
+    assert back == value and back.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Text another writer left (SQLite's own CURRENT_TIMESTAMP, a date): SQLAlchemy's
+        # parse, still read as UTC.
+        ("2026-01-01 12:00:00", datetime(2026, 1, 1, 12, 0, tzinfo=UTC)),
+        ("2026-01-01", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("2026-01-01 12:00:00.5", datetime(2026, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)),
+        (None, None),
+    ],
+)
+def test_sqlite_reads_other_text_as_sqlalchemy_does(text: str | None, expected: object) -> None:
+    read = _reader()
+    theirs = DATETIME().result_processor(DIALECT, None)  # type: ignore[no-untyped-call]
+    assert theirs is not None
+    assert read(text) == expected
+    if text is not None:
+        parsed = theirs(text)
+        assert parsed is not None and read(text) == parsed.replace(tzinfo=UTC)
+
+
+def _reader() -> Callable[[object], datetime | None]:
+    """The processor SQLAlchemy uses to read the column (the type adapted to the dialect)."""
+    read = UtcDateTime().dialect_impl(DIALECT).result_processor(DIALECT, None)
+    assert read is not None
+    return read
