@@ -3,6 +3,7 @@ so that inserting them appends to the right-hand end of an index (see `crm_share
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -61,3 +62,28 @@ def test_events_the_system_emits_get_such_ids() -> None:
     second = new_event(type="t.v1", source="s", subject="c", data={}, time=datetime.now(UTC))
     assert uuid.UUID(first.id).version == 7
     assert first.id < second.id
+
+
+def test_an_id_is_the_canonical_text_of_its_uuid() -> None:
+    for text in (new_id() for _ in range(1000)):
+        assert str(uuid.UUID(text)) == text
+        assert uuid.UUID(text).version == 7 and uuid.UUID(text).variant == uuid.RFC_4122
+
+
+def test_a_forked_process_does_not_repeat_its_parents_random_bits() -> None:
+    """The random bits are drawn ahead, in a pool: a child made by fork (a worker process)
+    must not take the same ones as its parent."""
+    ns = 1_795_000_000_123_456_789
+    uuid7(ns)  # the pool is filled, with more left in it
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, uuid7(ns).int.to_bytes(16, "big"))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        theirs = int.from_bytes(pipe.read(16), "big")
+    os.waitpid(child, 0)
+    ours = uuid7(ns).int
+    assert theirs >> 62 == ours >> 62  # the same instant
+    assert theirs != ours
