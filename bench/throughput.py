@@ -81,12 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--poll-every",
         type=int,
-        default=5,
+        default=25,
         help="poll the stage of every N-th latency event (all are timed by lifecycle's "
         "recorded_at)",
     )
     p.add_argument(
-        "--max-poll-rate", type=float, default=400.0, help="stage GETs per second, at most"
+        "--max-poll-rate", type=float, default=150.0, help="stage GETs per second, at most"
     )
     p.add_argument(
         "--latency-timeout", type=float, default=10.0, help="give up on one event after (s)"
