@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -121,3 +122,15 @@ def test_custom_types_take_any_object_but_still_need_a_sensible_name() -> None:
     assert event.data.model_dump() == {"minutes": 42}
     assert rejection({**raw, "type": "custom."}).reason == "type: unknown event type 'custom.'"
     assert rejection({**raw, "type": "custom.Bad Name"}).field == "type"
+
+
+def test_an_event_names_its_envelopes_id_type_and_subject_and_follows_a_new_envelope() -> None:
+    event = CATALOG.validate(parse_envelope(purchase_json("c1")))
+    assert (event.id, event.type, event.subject) == (
+        event.envelope.id,
+        "crm.purchase.completed.v1",
+        "c1",
+    )
+    other = event.envelope.model_copy(update={"id": "e-2", "subject": "c2"})
+    moved = dataclasses.replace(event, envelope=other)
+    assert (moved.id, moved.subject, moved.data) == ("e-2", "c2", event.data)

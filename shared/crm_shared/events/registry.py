@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,19 +36,19 @@ class Event(Generic[D]):
 
     envelope: CloudEvent
     data: D
+    # The envelope's, copied once: consumers read them several times per event at every
+    # step of a batch (9 reads of `id` per event in the CDNOW replay), where a property
+    # call cost 3x an attribute.
+    id: str = field(init=False)
+    type: str = field(init=False)
+    subject: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.envelope.id
-
-    @property
-    def type(self) -> str:
-        return self.envelope.type
-
-    @property
-    def subject(self) -> str:
-        assert self.envelope.subject is not None  # the registry refuses events without one
-        return self.envelope.subject
+    def __post_init__(self) -> None:
+        envelope = self.envelope
+        assert envelope.subject is not None  # the registry refuses events without one
+        object.__setattr__(self, "id", envelope.id)
+        object.__setattr__(self, "type", envelope.type)
+        object.__setattr__(self, "subject", envelope.subject)
 
     @property
     def time(self) -> Any:
