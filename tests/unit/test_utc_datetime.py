@@ -95,3 +95,26 @@ def _reader() -> Callable[[object], datetime | None]:
     read = UtcDateTime().dialect_impl(DIALECT).result_processor(DIALECT, None)
     assert read is not None
     return read
+
+
+def test_columns_share_the_text_of_an_instant_whatever_its_offset() -> None:
+    # One instant in two time zones (pydantic's tzinfo and the stdlib's) is one UTC text,
+    # through any column's processor, before and after the other has seen it.
+    in_paris = TypeAdapter(datetime).validate_json('"2026-03-01T10:00:00.25+02:00"')
+    in_utc = datetime(2026, 3, 1, 8, 0, 0, 250000, tzinfo=UTC)
+    first, second = UtcDateTime().bind_processor(DIALECT), UtcDateTime().bind_processor(DIALECT)
+    assert first is not None and second is not None
+    assert first(in_paris) == second(in_utc) == second(in_paris) == "2026-03-01 08:00:00.250000"
+    with pytest.raises(ValueError, match="timezone-aware"):
+        second(in_utc.replace(tzinfo=None))  # equal to nothing aware: still refused
+
+
+def test_many_instants_each_write_their_own_text() -> None:
+    # More distinct instants than the shared texts keep: each still comes out right.
+    process = UtcDateTime().bind_processor(DIALECT)
+    theirs = DATETIME().bind_processor(DIALECT)  # type: ignore[no-untyped-call]
+    assert process is not None and theirs is not None
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    values = [start + timedelta(milliseconds=7 * i) for i in range(10_000)]
+    values += values[:100]  # again, after the texts were emptied
+    assert [process(v) for v in values] == [theirs(v.replace(tzinfo=None)) for v in values]

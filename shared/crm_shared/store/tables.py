@@ -32,6 +32,12 @@ from sqlalchemy.engine import Dialect
 Position = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# The SQLite text of recently written instants, shared by every `UtcDateTime` column
+# (see `UtcDateTime.bind_processor`); emptied when full.
+_TEXTS: dict[datetime, str] = {}
+_TEXTS_KEPT = 4096
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """An aware UTC timestamp on every database (SQLite stores it naive, in UTC)."""
 
@@ -60,6 +66,10 @@ class UtcDateTime(TypeDecorator[datetime]):
         # formatting of a dict per value, which were ~10% of lifecycle's CPU in bulk inserts.
         # Each column has its own processor, and the rows of a batch often share one
         # timestamp object (the batch's `now`): the last value's text is kept, by identity.
+        # Beyond that, one instant is often written to several columns and tables (an
+        # event's time is a fact's, a transition's, a stage's start), so the texts of recent
+        # instants are kept for all processors (`_TEXTS`, by equality: equal aware values
+        # are one instant, one UTC text): a lookup costs 0.05 us, the formatting 1.2-1.6.
         last: list[tuple[datetime | None, str | None]] = [(None, None)]
 
         def process(value: datetime | None) -> str | None:
@@ -68,15 +78,18 @@ class UtcDateTime(TypeDecorator[datetime]):
                 return text
             if value is None:
                 return None
-            utc = value
-            if value.tzinfo is not UTC:
-                if value.tzinfo is None:
-                    raise ValueError("timestamps must be timezone-aware")
-                utc = value.astimezone(UTC)
-            # "...+00:00" off the end; whole seconds come without a fraction.
-            text = utc.isoformat(" ")[:-6]
-            if len(text) == 19:
-                text += ".000000"
+            if value.tzinfo is None:
+                raise ValueError("timestamps must be timezone-aware")
+            text = _TEXTS.get(value)
+            if text is None:
+                utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+                # "...+00:00" off the end; whole seconds come without a fraction.
+                text = utc.isoformat(" ")[:-6]
+                if len(text) == 19:
+                    text += ".000000"
+                if len(_TEXTS) >= _TEXTS_KEPT:
+                    _TEXTS.clear()
+                _TEXTS[value] = text
             last[0] = (value, text)
             return text
 
