@@ -70,26 +70,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Keeper:
-    """A producer that keeps what a relay sends, as consumed records."""
+    """A producer that keeps what a relay sends, as consumed records (one partition)."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> KeptBatch:
+        return KeptBatch()
+
+    async def send_batch(
+        self, batch: KeptBatch, topic: str, *, partition: int
     ) -> asyncio.Future[Any]:
-        offset = len(self.records)
-        record = ConsumerRecord(
-            topic, 0, offset, 0, 0, key, value, None, len(key or b""), len(value), headers or []
-        )
-        self.records.append(record)
+        first = len(self.records)
+        for key, value, headers in batch:
+            self.records.append(
+                ConsumerRecord(
+                    topic,
+                    0,
+                    len(self.records),
+                    0,
+                    0,
+                    key,
+                    value,
+                    None,
+                    len(key or b""),
+                    len(value),
+                    headers,
+                )
+            )
         sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sent.set_result(record)  # topic, partition and offset: what the relay watches
+        sent.set_result(self.records[first])  # topic, partition and offset: what the relay watches
         return sent
 
     def take(self) -> list[Record]:
         taken, self.records = self.records, []
         return taken
+
+
+class KeptBatch(list[tuple[bytes | None, bytes, Any]]):
+    """A record batch without a size limit."""
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> bool:  # type: ignore[override]
+        super().append((key, value, headers))
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 class NoDeadLetters:

@@ -6,6 +6,8 @@ import asyncio
 from collections import defaultdict
 from datetime import UTC, datetime
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from crm_shared.app.metrics import Metrics
 from crm_shared.messaging.kafka import decode_headers, make_producer
 from crm_shared.messaging.relay import OutboxRelay
@@ -56,6 +58,38 @@ async def test_the_relay_publishes_in_order_per_key_and_marks_what_it_published(
         k: sorted(int(s) for s in v) for k, v in expected.items()
     }
     assert sorted(int(s) for v in by_key.values() for s in v) == list(range(1, 41))
+
+
+async def test_a_round_larger_than_a_batch_keeps_order_and_the_default_partition_of_each_key(
+    core: CoreDb, broker: Broker
+) -> None:
+    """The relay sends record batches: with 2 KiB batches a round of 600 fills many per
+    partition; every key lands where Kafka's default partitioner puts it, in id order."""
+    topic = await make_topic(broker.bootstrap, "relay-batches", partitions=4)
+    keys = [f"customer-{i % 37}" for i in range(600)]
+    await write(core, topic, keys)
+    producer = make_producer(broker.bootstrap, client_id="test-batches", max_batch_size=2048)
+    await producer.start()
+    try:
+        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"), batch_size=600)
+        assert await relay.publish_pending() == 600
+    finally:
+        await producer.stop()
+    records = await read_topic(broker.bootstrap, topic, count=600)
+    assert len(records) == 600
+    partitioner = DefaultPartitioner()
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for record in records:
+        key = record.key
+        assert record.partition == partitioner(key, [0, 1, 2, 3], [0, 1, 2, 3])
+        headers = decode_headers(record.headers)
+        assert headers["content-type"] == "application/cloudevents+json"
+        seqs[key.decode()].append(int(headers["crm-seq"]))
+    assert len({r.partition for r in records}) == 4
+    expected: dict[str, list[int]] = defaultdict(list)
+    for seq, key in enumerate(keys, start=1):
+        expected[key].append(seq)
+    assert seqs == expected  # every message once, each key's in the order written
 
 
 async def test_stopping_the_relay_while_the_broker_is_away_loses_nothing(core: CoreDb) -> None:
