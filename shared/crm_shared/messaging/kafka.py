@@ -23,6 +23,7 @@ def make_producer(bootstrap: str, *, client_id: str, **overrides: Any) -> AIOKaf
         "linger_ms": 1,
         "request_timeout_ms": 10_000,
         "max_request_size": 1_048_576,
+        "max_batch_size": 131_072,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
