@@ -10,6 +10,7 @@ import pytest
 from contacts.domain import contact as domain
 from contacts.domain.contact import Contact, DomainError, fold, merge_patch
 from contacts.domain.identity import parse_identifier, prospect_profile
+from contacts.domain.profile import normalise_email
 from crm_shared.events.catalog import ContactMerged
 from crm_shared.events.registry import EventData
 
@@ -178,6 +179,18 @@ def test_subjects_are_normalised_into_identifiers(subject: str, identifier: str)
 def test_malformed_subjects_are_refused(subject: str) -> None:
     with pytest.raises(ValueError):
         parse_identifier(subject)
+
+
+def test_addresses_seen_again_normalise_alike_and_bad_ones_are_refused_each_time() -> None:
+    """Normalised addresses are kept; every spelling still gets its own answer, and a refused
+    address is refused again (nothing kept for it)."""
+    spellings = [" Ada@Example.com", "ada@EXAMPLE.com", "ADA@example.com "]
+    for _ in range(2):
+        assert {normalise_email(s) for s in spellings} == {"ada@example.com"}
+        for bad in ("nope", "a@b@c.com", "ada@example..com"):
+            with pytest.raises(ValueError, match="is not a valid email address"):
+                normalise_email(bad)
+    assert normalise_email("Grace@Hopper.example") == "grace@hopper.example"
 
 
 def test_a_prospect_carries_the_identifier_it_was_first_seen_by() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
@@ -143,6 +143,15 @@ def parse_profile(raw: dict[str, Any]) -> Profile:
 
 
 def normalise_email(value: str) -> str:
+    return _normalised_email(value)
+
+
+# The check takes ~33 us (IDNA rules for every character of the domain), and the same
+# address comes again and again: with every event of a customer named by email, and twice
+# for a new one (its subject, then the prospect's profile). An address the check refused
+# is not kept (an exception is not cached) and is checked again.
+@lru_cache(maxsize=65_536)
+def _normalised_email(value: str) -> str:
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
