@@ -1,8 +1,10 @@
 """The outbox relay: publishes pending outbox rows to Kafka in id order, then marks them.
 
-Order per key holds because rows are read in id order and a Kafka producer keeps the order
-of sends to one partition. While the broker is away the relay backs off and retries; the
-rows stay pending, so nothing is lost by stopping it. A publish that timed out may still
+Order per key holds because rows are read in id order, a key always goes to the partition
+Kafka's default partitioner gives it, and a round's records for one partition go into
+record batches in that order, which the producer sends in the order they were handed
+over. While the broker is away the relay backs off and retries; the rows stay pending, so
+nothing is lost by stopping it. A publish that timed out may still
 have been written: consumers' inboxes absorb such duplicates.
 
 On PostgreSQL several replicas may run a relay against one database: each round holds a
