@@ -10,7 +10,7 @@ import pytest
 from contacts.domain import contact as domain
 from contacts.domain.contact import Contact, DomainError, fold, merge_patch
 from contacts.domain.identity import parse_identifier, prospect_profile
-from contacts.domain.profile import normalise_email
+from contacts.domain.profile import normalise_email, normalise_phone
 from crm_shared.events.catalog import ContactMerged
 from crm_shared.events.registry import EventData
 
@@ -191,6 +191,16 @@ def test_addresses_seen_again_normalise_alike_and_bad_ones_are_refused_each_time
             with pytest.raises(ValueError, match="is not a valid email address"):
                 normalise_email(bad)
     assert normalise_email("Grace@Hopper.example") == "grace@hopper.example"
+
+
+def test_numbers_seen_again_normalise_alike_and_bad_ones_are_refused_each_time() -> None:
+    for _ in range(2):
+        assert normalise_phone("+44 20 7946 0958") == "+442079460958"
+        assert normalise_phone("020 7946 0958", "GB") == "+442079460958"
+        assert normalise_phone("030 901820", "DE") == "+4930901820"
+        for bad, country in (("020 7946 0958", None), ("+44 1", None), ("12", "GB")):
+            with pytest.raises(ValueError):
+                normalise_phone(bad, country)
 
 
 def test_a_prospect_carries_the_identifier_it_was_first_seen_by() -> None:

@@ -161,6 +161,11 @@ def _normalised_email(value: str) -> str:
 
 
 def normalise_phone(value: str, country: str | None = None) -> str:
+    return _normalised_phone(value, country)
+
+
+@lru_cache(maxsize=65_536)  # ~44 us a number; kept for the same reasons as addresses
+def _normalised_phone(value: str, country: str | None) -> str:
     international = value.strip().startswith("+")
     if not international and not country:
         raise ValueError(
