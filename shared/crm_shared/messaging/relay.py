@@ -323,9 +323,9 @@ def _append(batch: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes
 class KeyHashes:
     """murmur2 of message keys, as Kafka's default partitioner hashes them (positive), kept
     for the keys seen lately: the pure-Python hash takes 7 us, and keys (customer ids)
-    repeat."""
+    repeat. 16,384 keys take ~2.3 MB; when full, the kept ones are forgotten at once."""
 
-    def __init__(self, size: int = 65_536) -> None:
+    def __init__(self, size: int = 16_384) -> None:
         self._size = size
         self._known: dict[bytes, int] = {}
 
