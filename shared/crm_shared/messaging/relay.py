@@ -35,6 +35,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -86,7 +87,6 @@ class OutboxRelay:
         self._on_reset = on_reset
         self._prepare = prepare
         self._offsets: dict[tuple[str, int], int] = {}
-        self._hashes = KeyHashes()
         self._reset = False
         self._wake = asyncio.Event()
         self._stopping = False
@@ -241,7 +241,7 @@ class OutboxRelay:
             if parts is None:
                 parts = parts_of[topic] = sorted(await producer.partitions_for(topic))
             key = message.key.encode()
-            slot = (topic, parts[self._hashes.of(key) % len(parts)])
+            slot = (topic, parts[key_hash(key) % len(parts)])
             headers = encode_headers(
                 {
                     **message.headers,
@@ -249,11 +249,13 @@ class OutboxRelay:
                     HEADER_CONTENT_TYPE: "application/cloudevents+json",
                 }
             )
-            batch, members = open_batches.get(slot) or (None, [])
-            if batch is not None and _append(batch, key, message.payload, headers):
-                members.append(index)
-                continue
-            if batch is not None:  # full: off it goes
+            current = open_batches.get(slot)
+            if current is not None:
+                batch, members = current
+                if _append(batch, key, message.payload, headers):
+                    members.append(index)
+                    continue
+                # full: off it goes
                 sent.append((await producer.send_batch(batch, topic, partition=slot[1]), members))
             batch = producer.create_batch()
             _append(batch, key, message.payload, headers)  # a batch takes its first record
@@ -320,22 +322,12 @@ def _append(batch: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes
     return batch.append(key=key, value=value, timestamp=None, headers=headers) is not None
 
 
-class KeyHashes:
-    """murmur2 of message keys, as Kafka's default partitioner hashes them (positive), kept
+@lru_cache(maxsize=16_384)
+def key_hash(key: bytes) -> int:
+    """murmur2 of a message key, as Kafka's default partitioner hashes it (positive), kept
     for the keys seen lately: the pure-Python hash takes 7 us, and keys (customer ids)
-    repeat. 16,384 keys take ~2.3 MB; when full, the kept ones are forgotten at once."""
-
-    def __init__(self, size: int = 16_384) -> None:
-        self._size = size
-        self._known: dict[bytes, int] = {}
-
-    def of(self, key: bytes) -> int:
-        known = self._known.get(key)
-        if known is None:
-            if len(self._known) >= self._size:
-                self._known.clear()
-            known = self._known[key] = murmur2(key) & 0x7FFFFFFF
-        return known
+    repeat. 16,384 keys take ~2.3 MB."""
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 async def _try_lock(conn: AsyncConnection, key: int) -> bool:

@@ -142,17 +142,13 @@ def parse_profile(raw: dict[str, Any]) -> Profile:
         raise ProfileError(f"{field}: {message}" if field else message, field) from None
 
 
-def normalise_email(value: str) -> str:
-    return _normalised_email(value)
-
-
 # The check takes ~33 us (IDNA rules for every character of the domain), and the same
 # address comes again and again: with every event of a customer named by email, and twice
 # for a new one (its subject, then the prospect's profile). An address the check refused
 # is not kept (an exception is not cached) and is checked again. 16,384 addresses take
 # ~3.5 MB; the least recently used go first.
 @lru_cache(maxsize=16_384)
-def _normalised_email(value: str) -> str:
+def normalise_email(value: str) -> str:
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
@@ -162,7 +158,7 @@ def _normalised_email(value: str) -> str:
 
 
 def normalise_phone(value: str, country: str | None = None) -> str:
-    return _normalised_phone(value, country)
+    return _normalised_phone(value, country)  # one key however it is called
 
 
 @lru_cache(maxsize=16_384)  # ~44 us a number; kept for the same reasons as addresses
