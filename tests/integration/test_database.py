@@ -4,16 +4,32 @@ drivers: `sqlite+inline` (statements on the event loop) and `sqlite+aiosqlite`."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, func, select
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import sqlite_inline
-from crm_shared.store.db import WAL_AUTOCHECKPOINT_PAGES, WAL_CHECKPOINT_PAGES, Database
+from crm_shared.store.db import (
+    KEPT_READERS,
+    WAL_AUTOCHECKPOINT_PAGES,
+    WAL_CHECKPOINT_PAGES,
+    Database,
+)
 from tests.support.db import database_with
 
 DRIVERS = ["sqlite", "sqlite+aiosqlite"]
@@ -22,6 +38,18 @@ metadata = MetaData()
 rows = Table("rows", metadata, Column("n", Integer, primary_key=True))
 blobs = Table(
     "blobs", metadata, Column("n", Integer, primary_key=True), Column("data", LargeBinary)
+)
+# A reference checked at COMMIT, not at the INSERT: a way to make a COMMIT itself fail.
+later = Table(
+    "later",
+    metadata,
+    Column("n", Integer, primary_key=True),
+    Column(
+        "row",
+        Integer,
+        ForeignKey("rows.n", deferrable=True, initially="DEFERRED"),
+        nullable=False,
+    ),
 )
 
 
@@ -122,6 +150,109 @@ async def test_a_writer_gives_up_after_the_lock_timeout(
     finally:
         other.close()
         await db.dispose()
+
+
+async def test_write_transactions_take_one_kept_connection_and_reads_keep_a_few(
+    tmp_path: Path,
+) -> None:
+    """On a file, the inline driver's transactions skip the pool: every write takes the
+    same connection, and reads take an idle one of the last KEPT_READERS when there is
+    one. The rest go back to the pool, which has room for the kept ones besides."""
+    db = await _table(tmp_path)
+    pool = db.engine.pool
+    try:
+        writers = set()
+        for n in range(1, 6):
+            async with db.transaction() as conn:
+                await conn.execute(rows.insert().values(n=n))
+                writers.add(id(conn.sync_connection))
+        assert len(writers) == 1
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+        async with contextlib.AsyncExitStack() as held:
+            readers = [await held.enter_async_context(db.read()) for _ in range(6)]
+            assert [await _count(r) for r in readers] == [5] * 6
+            assert pool.checkedout() == 1 + 6  # type: ignore[attr-defined]
+        assert pool.checkedout() == 1 + KEPT_READERS == 5  # type: ignore[attr-defined]
+        kept = {id(r.sync_connection) for r in readers}
+        for _ in range(3):
+            async with db.read() as reader:
+                assert id(reader.sync_connection) in kept
+                assert await _count(reader) == 5
+        assert pool.checkedout() == 1 + KEPT_READERS  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_failed_write_or_commit_rolls_back_and_the_next_transaction_works(
+    tmp_path: Path,
+) -> None:
+    db = await _table(tmp_path)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(rows.insert().values(n=1))
+        with pytest.raises(IntegrityError):  # a statement fails: the transaction is undone
+            async with db.transaction() as conn:
+                await conn.execute(rows.insert().values(n=2))
+                await conn.execute(rows.insert().values(n=1))
+        with pytest.raises(RuntimeError):  # so is one whose caller fails
+            async with db.transaction() as conn:
+                await conn.execute(rows.insert().values(n=3))
+                raise RuntimeError("the handler failed")
+        # SQLite keeps a transaction open when its COMMIT fails on a deferred reference;
+        # the writer is replaced, and nothing of that transaction stays.
+        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+            async with db.transaction() as conn:
+                await conn.execute(rows.insert().values(n=4))
+                await conn.execute(later.insert().values(n=1, row=99))
+        with pytest.raises(RuntimeError):  # a read too
+            async with db.read() as reader:
+                assert await _count(reader) == 1
+                raise RuntimeError("the request failed")
+        async with db.transaction() as conn:
+            await conn.execute(rows.insert().values(n=5))
+        async with db.read() as reader:
+            found = [n for (n,) in await reader.execute(select(rows.c.n).order_by(rows.c.n))]
+        assert found == [1, 5]
+    finally:
+        await db.dispose()
+    with sqlite3.connect(tmp_path / "db.sqlite") as plain:
+        assert plain.execute("SELECT count(*) FROM later").fetchone() == (0,)
+
+
+async def test_a_long_transaction_lets_the_loop_run(tmp_path: Path) -> None:
+    """Statements run straight on the loop's thread, but a transaction that runs them for
+    longer than `yield_every` lets the loop's other tasks run in between."""
+    db = await _table(tmp_path)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        async with db.transaction() as conn:
+            started, n = ticks, 0
+            deadline = time.perf_counter() + 0.2
+            while time.perf_counter() < deadline:
+                n += 1
+                await conn.execute(rows.insert().values(n=n))
+            during_write = ticks - started
+        async with db.read() as reader:
+            started = ticks
+            deadline = time.perf_counter() + 0.2
+            while time.perf_counter() < deadline:
+                await _count(reader)
+            during_read = ticks - started
+    finally:
+        ticker.cancel()
+        await db.dispose()
+    # One tick per yield, every 5 ms: ~40 in 0.2 s; none if the loop were held throughout.
+    assert during_write >= 10 and during_read >= 10, (during_write, during_read)
 
 
 async def test_results_outlive_their_transaction_and_streams_step_through_rows(
