@@ -5,6 +5,8 @@ SQLite is the embedded default, run on the event loop's thread (`sqlite+inline`,
 a write transaction starts with `BEGIN IMMEDIATE`: it takes the single writer lock up front,
 so two writers in one process queue on the busy timeout instead of failing when a reader
 tries to upgrade. Reads use deferred transactions and, in WAL mode, never block writers.
+On a SQLite file, transactions keep their connections out of the pool (one writer, a few
+idle readers) and run their statements straight from the loop (`_kept_transaction`).
 """
 
 from __future__ import annotations
