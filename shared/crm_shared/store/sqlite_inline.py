@@ -256,11 +256,12 @@ async def _maybe_yield() -> None:
 class InlineConnection(AsyncConnection):
     """An `AsyncConnection` whose statements run straight from the coroutine that awaits
     them, on a connection of this driver that is already in a transaction its owner began
-    (`Database.transaction`). Through `AsyncConnection` every statement is handed to a new
-    greenlet and switched into and out of it three times, for a statement that then runs
-    on this same thread anyway: that was about half of a statement's CPU (a select by key:
-    87 us against 45 us). It lets the loop run every `yield_every` seconds, as `_pause`
-    does. Streams, `run_sync` and nested transactions keep the greenlet path."""
+    (`Database.transaction` and `Database.read` on a file). Through `AsyncConnection`
+    every statement is handed to a new greenlet and switched into and out of it three
+    times, for a statement that then runs on this same thread anyway: that was about half
+    of a statement's CPU (a select by key: 87 us against 45 us). It lets the loop run
+    every `yield_every` seconds, as `_pause` does. Streams, `run_sync` and nested
+    transactions keep the greenlet path."""
 
     __slots__ = ()
 
@@ -273,6 +274,8 @@ class InlineConnection(AsyncConnection):
     ) -> CursorResult[Any]:
         await _maybe_yield()
         result = self._proxied.execute(statement, parameters, execution_options=execution_options)
+        # SQLAlchemy's own check (private, pinned by uv.lock): a server-side cursor must be
+        # read through `stream()`.
         return await _ensure_sync_result(result, self.execute)
 
     async def exec_driver_sql(
