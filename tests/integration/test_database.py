@@ -78,6 +78,28 @@ async def test_a_read_sees_one_snapshot_even_when_a_write_commits_between_its_qu
     assert (before, during, after) == (1, 1, 2)
 
 
+class _Ticker:
+    """A task that counts its turns: one after every `interval` seconds of sleep, so a
+    loop held by someone else does not tick. Started with `start()`, stopped by `stop()`."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.ticks += 1
+
+
 async def _table(tmp_path: Path) -> Database:
     return await database_with(f"sqlite:///{tmp_path / 'db.sqlite'}", metadata)
 
@@ -97,13 +119,7 @@ async def test_a_writer_waits_for_another_connections_write_lock_without_stallin
     other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO rows (n) VALUES (1)")
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
+    ticker = _Ticker(0.005)
 
     async def write() -> float:
         started = time.monotonic()
@@ -111,18 +127,18 @@ async def test_a_writer_waits_for_another_connections_write_lock_without_stallin
             await conn.execute(rows.insert().values(n=2))
         return time.monotonic() - started
 
-    ticker = asyncio.create_task(tick())
+    ticker.start()
     try:
         writer = asyncio.create_task(write())
         await asyncio.sleep(0.3)
         assert not writer.done()  # still waiting for the lock
-        ticks_while_waiting = ticks
+        ticks_while_waiting = ticker.ticks
         other.execute("COMMIT")
         waited = await asyncio.wait_for(writer, 5)
         async with db.read() as reader:
             assert await _count(reader) == 2
     finally:
-        ticker.cancel()
+        ticker.stop()
         other.close()
         await db.dispose()
     assert waited >= 0.3
@@ -224,32 +240,25 @@ async def test_a_long_transaction_lets_the_loop_run(tmp_path: Path) -> None:
     """Statements run straight on the loop's thread, but a transaction that runs them for
     longer than `yield_every` lets the loop's other tasks run in between."""
     db = await _table(tmp_path)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
+    ticker = _Ticker(0)
+    ticker.start()
     await asyncio.sleep(0)
     try:
         async with db.transaction() as conn:
-            started, n = ticks, 0
+            started, n = ticker.ticks, 0
             deadline = time.perf_counter() + 0.2
             while time.perf_counter() < deadline:
                 n += 1
                 await conn.execute(rows.insert().values(n=n))
-            during_write = ticks - started
+            during_write = ticker.ticks - started
         async with db.read() as reader:
-            started = ticks
+            started = ticker.ticks
             deadline = time.perf_counter() + 0.2
             while time.perf_counter() < deadline:
                 await _count(reader)
-            during_read = ticks - started
+            during_read = ticker.ticks - started
     finally:
-        ticker.cancel()
+        ticker.stop()
         await db.dispose()
     # One tick per yield, every 5 ms: ~40 in 0.2 s; none if the loop were held throughout.
     assert during_write >= 10 and during_read >= 10, (during_write, during_read)
