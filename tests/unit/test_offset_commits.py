@@ -1,5 +1,6 @@
 """The fetch loop commits a batch's offsets without waiting for the broker's answer, in
-order, and a stop waits for the last commit. The Kafka client is a scripted stand-in here:
+order, and a stop waits for the last commit. Within the commit interval, offsets wait for
+the next batch, an idle fetch or the stop. The Kafka client is a scripted stand-in here:
 what is asserted is the loop's order of calls, which a real broker answers too fast to
 observe (the integration tests run the loop against the real broker)."""
 
@@ -30,6 +31,7 @@ class ScriptedConsumer:
         self.fetched = 0
         self.log: list[str] = []
         self.release = asyncio.Event()
+        self.assigned = {TP}
 
     async def start(self) -> None:
         pass
@@ -55,6 +57,9 @@ class ScriptedConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
 
 class Processor:
     name = "p"
@@ -64,6 +69,11 @@ class Processor:
 
     async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         self.applied += [r.offset for r in records]
+
+
+def interval_loop(kafka: ScriptedConsumer, processor: Processor) -> BatchConsumer:
+    """A loop that commits at most once a minute while batches keep coming."""
+    return BatchConsumer(processor, lambda: kafka, Metrics("t"), commit_interval=60)  # type: ignore[arg-type]
 
 
 async def until(condition: Any) -> None:
@@ -102,3 +112,55 @@ async def test_a_stop_waits_for_the_offsets_being_committed() -> None:
     kafka.release.set()
     await asyncio.wait_for(task, 5)
     assert kafka.log == ["commit 1 asked", "commit 1 done", "stop"]
+
+
+async def test_within_the_interval_offsets_wait_and_an_idle_fetch_commits_the_latest() -> None:
+    kafka, processor = ScriptedConsumer(batches=3), Processor()
+    kafka.release.set()
+    loop = interval_loop(kafka, processor)
+    task = asyncio.create_task(loop.run())
+    try:
+        await until(lambda: processor.applied == [0, 1, 2])
+        # The first batch commits at once; the next two only once a fetch comes back empty.
+        await until(lambda: len(kafka.log) == 4)
+        assert kafka.log == ["commit 1 asked", "commit 1 done", "commit 3 asked", "commit 3 done"]
+    finally:
+        loop.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_stop_commits_the_offsets_the_interval_held_back() -> None:
+    kafka, processor = ScriptedConsumer(batches=1_000_000), Processor()
+    kafka.release.set()
+    scripted = kafka.getmany
+
+    async def busy(timeout_ms: int, max_records: int) -> Any:
+        await asyncio.sleep(0.001)  # a batch every millisecond: never an idle fetch
+        return await scripted(timeout_ms, max_records)
+
+    kafka.getmany = busy  # type: ignore[method-assign]
+    loop = interval_loop(kafka, processor)
+    task = asyncio.create_task(loop.run())
+    await until(lambda: len(processor.applied) >= 20)
+    assert kafka.log == ["commit 1 asked", "commit 1 done"]
+    loop.stop()
+    await asyncio.wait_for(task, 5)
+    last = processor.applied[-1] + 1
+    held_back = [f"commit {last} asked", f"commit {last} done"]
+    assert kafka.log == ["commit 1 asked", "commit 1 done", *held_back, "stop"]
+
+
+async def test_offsets_of_partitions_no_longer_assigned_are_not_committed() -> None:
+    kafka, processor = ScriptedConsumer(batches=2), Processor()
+    kafka.release.set()
+    loop = interval_loop(kafka, processor)
+    task = asyncio.create_task(loop.run())
+    try:
+        await until(lambda: kafka.log == ["commit 1 asked", "commit 1 done"])
+        kafka.assigned = set()  # the partition moved to another member before the idle fetch
+        await until(lambda: processor.applied == [0, 1])
+        await asyncio.sleep(0.4)  # past an idle fetch
+        assert kafka.log == ["commit 1 asked", "commit 1 done"]
+    finally:
+        loop.stop()
+        await asyncio.wait_for(task, 5)

@@ -258,6 +258,7 @@ class Runtime:
             max_records=s.consumer_max_records,
             before_fetch=self._keep_relay_up if self.db.dialect == "sqlite" else None,
             fetch_wait=FetchWait(busy_ms=s.fetch_max_wait_ms, idle_ms=s.fetch_idle_wait_ms),
+            commit_interval=s.commit_interval_ms / 1000,
         )
 
     async def _keep_relay_up(self) -> None:

@@ -45,6 +45,15 @@ class ServiceSettings(BaseSettings):
         ),
     )
     consumer_max_records: int = Field(default=2000, ge=1, le=10_000)
+    commit_interval_ms: int = Field(
+        default=250,
+        ge=0,
+        le=60_000,
+        description=(
+            "least time between two offset commits of a consumer while batches keep "
+            "coming (idle or stopping, it commits at once)"
+        ),
+    )
     consumer_group: str = ""
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=100, ge=1)

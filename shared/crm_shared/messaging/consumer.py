@@ -4,6 +4,9 @@ For each batch: decode and validate every message (what fails goes to `<topic>.d
 reason in its headers), skip the events the inbox has seen, hand the rest to the handler,
 record them in the inbox, commit the database transaction, and only then commit the Kafka
 offsets. A crash anywhere replays the batch, and the inbox makes the replay harmless.
+Offsets are committed at most every `commit_interval` seconds while batches keep coming
+(each commit is a request to the broker), and at once when the consumer goes idle or stops:
+a crash replays at most that much more, which the inbox skips as well.
 
 A handler error that is not transient (the database is away) is narrowed down by applying
 the batch one event at a time: the events that still fail are dead-lettered with the error,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -322,6 +326,7 @@ class BatchConsumer:
         max_backoff: float = 5.0,
         before_fetch: Callable[[], Awaitable[object]] | None = None,
         fetch_wait: FetchWait | None = None,
+        commit_interval: float = 0.0,
     ) -> None:
         self._processor = processor
         self._fetch_wait = fetch_wait
@@ -335,6 +340,10 @@ class BatchConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         # The offsets of the last batch, committing while the next one is fetched.
         self._committing: asyncio.Task[None] | None = None
+        # Offsets applied but not committed yet, and when the last commit went out.
+        self._commit_interval = commit_interval
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = -math.inf
         self.batches = 0
 
     @property
@@ -362,6 +371,9 @@ class BatchConsumer:
                 await self._wait(1.0)
             finally:
                 self._consumer = None
+                if self._stopping.is_set():  # not after a client error: it would fail too
+                    self._flush(consumer)
+                self._uncommitted = {}
                 await self._committed()
                 await _stop_quietly(consumer)
 
@@ -379,6 +391,7 @@ class BatchConsumer:
             records = [record for batch in batches.values() for record in batch]
             pace.saw(bool(records))
             if not records:
+                self._flush(consumer)  # idle: what was applied is committed now
                 continue
             if not await self._process_with_retry(records):
                 return
@@ -411,16 +424,36 @@ class BatchConsumer:
     ) -> None:
         """Commit the batch's offsets without waiting for the broker's answer: the next
         fetch goes out meanwhile, and commits still go in order (each waits for the one
-        before). A crash before a commit lands replays the batch, which the inbox skips,
-        as it does when the process stops between applying a batch and committing it."""
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+        before). Within `commit_interval` of the last commit they wait for the next batch,
+        an idle fetch or the stop, whichever comes first. A crash before a commit lands
+        replays the batches since the last one, which the inbox skips, as it does when
+        the process stops between applying a batch and committing it."""
         previous = self._committing
         if previous is not None and previous.done() and not previous.cancelled():
             failure = previous.exception()  # not a Kafka error: raise it here, as before
             if failure is not None:
                 self._committing = None
                 raise failure
-        self._committing = asyncio.create_task(self._commit_after(previous, consumer, offsets))
+        for tp, batch in batches.items():
+            if batch:
+                self._uncommitted[tp] = batch[-1].offset + 1
+        if time.monotonic() - self._committed_at >= self._commit_interval:
+            self._flush(consumer)
+
+    def _flush(self, consumer: AIOKafkaConsumer) -> None:
+        """Start committing the offsets applied so far, those of partitions this member
+        still has (a partition that moved away is replayed by its new owner)."""
+        if not self._uncommitted:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
+        self._uncommitted = {}
+        if not offsets:
+            return
+        self._committed_at = time.monotonic()
+        self._committing = asyncio.create_task(
+            self._commit_after(self._committing, consumer, offsets)
+        )
 
     async def _commit_after(
         self,
