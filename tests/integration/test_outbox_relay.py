@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from datetime import UTC, datetime
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from contacts.settings import MAX_EVENT_BYTES
 from crm_shared.app.metrics import Metrics
+from crm_shared.events.envelope import CloudEvent
 from crm_shared.messaging.kafka import decode_headers, make_producer
 from crm_shared.messaging.relay import OutboxRelay
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from crm_shared.testing.broker import Broker
 from tests.support.db import CoreDb
-from tests.support.events import envelope
+from tests.support.events import envelope, purchase_json
 from tests.support.kafka import make_topic, read_topic
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -58,6 +61,32 @@ async def test_the_relay_publishes_in_order_per_key_and_marks_what_it_published(
         k: sorted(int(s) for s in v) for k, v in expected.items()
     }
     assert sorted(int(s) for v in by_key.values() for s in v) == list(range(1, 41))
+
+
+async def test_an_event_of_the_largest_size_contacts_ingests_is_published_whole(
+    core: CoreDb, broker: Broker
+) -> None:
+    """`CRM_INGEST_MAX_EVENT_BYTES` stops at 512 KiB, so that the event with its envelope
+    and headers stays under Apache Kafka's default 1 MiB message limit. The embedded broker
+    takes larger messages too; this checks the relay sends the largest event whole, as
+    one record."""
+    topic = await make_topic(broker.bootstrap, "relay-largest")
+    raw = purchase_json("big")
+    raw["data"]["note"] = ""
+    raw["data"]["note"] = "x" * (MAX_EVENT_BYTES - len(json.dumps(raw)))
+    assert len(json.dumps(raw)) == MAX_EVENT_BYTES
+    message = OutgoingMessage(topic, "big", CloudEvent.model_validate(raw))
+    async with core.db.transaction() as conn:
+        await Outbox(core.tables).add(conn, [message], NOW)
+    producer = make_producer(broker.bootstrap, client_id="test-largest")
+    await producer.start()
+    try:
+        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"))
+        assert await relay.publish_pending() == 1
+    finally:
+        await producer.stop()
+    [record] = await read_topic(broker.bootstrap, topic, count=1)
+    assert json.loads(record.value)["data"]["note"] == raw["data"]["note"]
 
 
 async def test_a_round_larger_than_a_batch_keeps_order_and_the_default_partition_of_each_key(

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from contacts.settings import ContactsSettings
+from contacts.settings import MAX_EVENT_BYTES, ContactsSettings
 from crm_shared.app.logging import JsonFormatter
 from lifecycle.settings import LifecycleSettings
 
@@ -39,6 +39,16 @@ def test_an_invalid_setting_fails_at_start_naming_the_variable(
     monkeypatch.setenv("CRM_FETCH_MAX_WAIT_MS", "0")
     with pytest.raises(ValueError, match="fetch_max_wait_ms"):
         LifecycleSettings()
+
+
+def test_contacts_refuses_an_event_size_limit_its_broker_messages_could_not_carry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRM_INGEST_MAX_EVENT_BYTES", str(MAX_EVENT_BYTES + 1))
+    with pytest.raises(ValueError, match="ingest_max_event_bytes"):
+        ContactsSettings()
+    monkeypatch.setenv("CRM_INGEST_MAX_EVENT_BYTES", str(MAX_EVENT_BYTES))
+    assert ContactsSettings().ingest_max_event_bytes == MAX_EVENT_BYTES
 
 
 def test_log_records_are_json_objects_with_their_extra_fields() -> None:
