@@ -20,7 +20,7 @@ from crm_shared.store.inbox import Inbox
 from crm_shared.testing.broker import Broker
 from tests.support.db import CoreDb
 from tests.support.events import purchase_json
-from tests.support.kafka import eventually, make_topic, produce, read_topic
+from tests.support.kafka import committed, eventually, make_topic, produce, read_topic
 
 
 class Recorder:
@@ -135,6 +135,7 @@ def consumer_for(
     producer: Any,
     before_fetch: Any = None,
     fetch_wait: FetchWait | None = None,
+    commit_interval: float = 0.0,
 ) -> BatchConsumer:
     metrics = Metrics("t")
     proc = BatchProcessor(
@@ -159,6 +160,7 @@ def consumer_for(
         metrics,
         before_fetch=before_fetch,
         fetch_wait=fetch_wait,
+        commit_interval=commit_interval,
     )
 
 
@@ -272,6 +274,61 @@ async def test_a_second_consumer_group_replaying_the_topic_changes_nothing(
         await producer.stop()
     assert len(handler.applied) == 20
     assert Counter(handler.applied).most_common(1)[0][1] == 1
+
+
+async def test_a_member_joining_mid_stream_leaves_nothing_unapplied_or_uncommitted(
+    core: CoreDb, broker: Broker, unique: str
+) -> None:
+    """Two replicas of a service (one database, one group), the second starting while
+    events stream in, each committing at most every 250 ms: the partitions move at the
+    rebalance, offsets a member applied but had not committed are replayed by the new
+    owner (the inbox skips them), and at the end every event is applied and committed."""
+    topic = await make_topic(broker.bootstrap, "members", partitions=4)
+    group = f"members-{unique}"
+    handler = Recorder()
+    producer = make_producer(broker.bootstrap, client_id="t")
+    await producer.start()
+    members = [
+        consumer_for(core, broker, topic, group, handler, producer, commit_interval=0.25)
+        for _ in range(2)
+    ]
+    sent: list[str] = []
+
+    async def stream() -> None:
+        """5 events every 20 ms until the second member has applied batches, then 100 more."""
+        more = 100
+        while more > 0 and len(sent) < 5000:
+            numbers = range(len(sent), len(sent) + 5)
+            batch = [f"m-{n}" for n in numbers]
+            records = [
+                (f"c{n % 40}".encode(), encoded(customer=f"c{n % 40}", event_id=f"m-{n}"))
+                for n in numbers
+            ]
+            await produce(broker.bootstrap, topic, records)
+            sent.extend(batch)
+            if members[1].batches > 0:
+                more -= 5
+            await asyncio.sleep(0.02)
+
+    first = asyncio.create_task(members[0].run())
+    second: asyncio.Task[None] | None = None
+    try:
+        await produce(broker.bootstrap, topic, [(b"c0", encoded(customer="c0", event_id="m-x"))])
+        await eventually(lambda: _async("m-x" in handler.applied))  # the first one has joined
+        streaming = asyncio.create_task(stream())
+        second = asyncio.create_task(members[1].run())
+        await asyncio.wait_for(streaming, 60)
+        await eventually(lambda: _async(set(sent) <= set(handler.applied)), within=30)
+    finally:
+        for member in members:
+            member.stop()
+        await asyncio.wait_for(first, 15)
+        if second is not None:
+            await asyncio.wait_for(second, 15)
+        await producer.stop()
+    assert members[0].batches > 0 and members[1].batches > 0
+    assert set(handler.applied) == {*sent, "m-x"}
+    assert await committed(broker.bootstrap, group, topic) == len(sent) + 1
 
 
 def _delivered(consumer: BatchConsumer) -> int:

@@ -7,7 +7,6 @@ import json
 import socket
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from crm_shared.app.metrics import Metrics
 from crm_shared.events import CATALOG, Event, EventData
@@ -20,7 +19,7 @@ from lifecycle.settings import LifecycleSettings
 from tests.support.auth import auth_headers
 from tests.support.db import CoreDb
 from tests.support.events import purchase_json
-from tests.support.kafka import eventually, make_topic, produce
+from tests.support.kafka import committed, eventually, make_topic, produce
 
 
 def closed_port() -> int:
@@ -127,21 +126,7 @@ async def test_a_stopped_consumer_finishes_and_commits_the_batch_in_hand(
     finally:
         await producer.stop()
     assert len(handler.applied) == 10
-    assert await committed(broker, f"g-{unique}", topic) == 10
-
-
-async def committed(broker: Broker, group: str, topic: str) -> int:
-    """The group's committed offsets on the topic, summed over partitions."""
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await probe.start()  # not subscribed: it reads offsets without joining the group
-    try:
-        partitions = probe.partitions_for_topic(topic) or set()
-        offsets = [await probe.committed(TopicPartition(topic, p)) for p in partitions]
-    finally:
-        await probe.stop()
-    return sum(o or 0 for o in offsets)
+    assert await committed(broker.bootstrap, f"g-{unique}", topic) == 10
 
 
 async def test_on_postgresql_a_periodic_job_runs_on_one_replica_at_a_time(

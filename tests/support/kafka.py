@@ -73,3 +73,15 @@ async def eventually(condition: Any, *, within: float = 20.0, interval: float = 
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> int:
+    """The group's committed offsets on the topic, summed over partitions."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()  # not subscribed: it reads offsets without joining the group
+    try:
+        partitions = probe.partitions_for_topic(topic) or set()
+        offsets = [await probe.committed(TopicPartition(topic, p)) for p in partitions]
+    finally:
+        await probe.stop()
+    return sum(o or 0 for o in offsets)
