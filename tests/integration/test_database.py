@@ -200,6 +200,31 @@ async def test_write_transactions_take_one_kept_connection_and_reads_keep_a_few(
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+async def test_transactions_that_outlive_dispose_close_their_connections(
+    tmp_path: Path,
+) -> None:
+    """`dispose()` closes the kept connections it finds idle; a read or write still running
+    then closes its own at its end instead of keeping it, and later transactions take
+    fresh connections."""
+    db = await _table(tmp_path)
+    try:
+        async with db.read() as reader, db.transaction() as writer:
+            await db.dispose()
+            await writer.execute(rows.insert().values(n=1))
+            assert await _count(reader) == 0
+        assert reader.sync_connection is not None and writer.sync_connection is not None
+        assert reader.sync_connection.closed and writer.sync_connection.closed
+        assert db._idle_readers == [] and db._writer_kept is None
+        async with db.transaction() as conn:
+            assert conn.sync_connection is not writer.sync_connection
+            await conn.execute(rows.insert().values(n=2))
+        async with db.read() as again:
+            assert again.sync_connection is not reader.sync_connection
+            assert await _count(again) == 2
+    finally:
+        await db.dispose()
+
+
 async def test_a_failed_write_or_commit_rolls_back_and_the_next_transaction_works(
     tmp_path: Path,
 ) -> None:

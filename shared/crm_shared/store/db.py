@@ -108,6 +108,9 @@ class Database:
         # Transactions on a file keep their connections out of the pool (`_kept_transaction`).
         self._writer_kept: Connection | None = None
         self._idle_readers: list[Connection] = []
+        # Kept connections taken before the last `dispose()` are closed when given back.
+        self._kept_from: dict[int, int] = {}
+        self._disposals = 0
 
     @property
     def writer_busy(self) -> bool:
@@ -177,12 +180,16 @@ class Database:
             kept = self._writer_kept
             if kept is None or kept.invalidated or kept.closed:
                 kept = self._writer_kept = await self._connect(_BEGUN)
-            return kept
-        if self._idle_readers:
-            return self._idle_readers.pop()
-        return await self._connect(_BEGUN)
+        elif self._idle_readers:
+            kept = self._idle_readers.pop()
+        else:
+            kept = await self._connect(_BEGUN)
+        self._kept_from[id(kept)] = self._disposals
+        return kept
 
     async def _give_back(self, sync: Connection, write: bool, *, healthy: bool) -> None:
+        if self._kept_from.pop(id(sync), self._disposals) != self._disposals:
+            healthy = False  # taken before `dispose()`: closed, never kept again
         if write and self._writer_kept is sync:
             if healthy:
                 return  # stays the writer
@@ -265,12 +272,14 @@ class Database:
     async def dispose(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()  # started again by the next connection made
+        # Those a transaction is still using are closed by it, at its end.
         kept = [self._reader, self._writer_kept, *self._idle_readers]
+        idle = [c for c in kept if c is not None and id(c) not in self._kept_from]
         self._reader = self._writer_kept = None
         self._idle_readers = []
-        for connection in kept:
-            if connection is not None:
-                await greenlet_spawn(connection.close)
+        self._disposals += 1
+        for connection in idle:
+            await greenlet_spawn(connection.close)
         await self.engine.dispose()
 
 
