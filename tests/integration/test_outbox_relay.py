@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -33,6 +34,20 @@ async def write(core: CoreDb, topic: str, keys: list[str]) -> list[OutgoingMessa
 async def pending(core: CoreDb) -> int:
     async with core.db.read() as conn:
         return await Outbox(core.tables).backlog(conn)
+
+
+async def publish_round(
+    core: CoreDb, bootstrap: str, client_id: str, *, batch_size: int = 500, **producer: Any
+) -> int:
+    """One relay round with a producer of its own; how many messages it published."""
+    kafka = make_producer(bootstrap, client_id=client_id, **producer)
+    await kafka.start()
+    try:
+        outbox = Outbox(core.tables)
+        relay = OutboxRelay(core.db, outbox, kafka, Metrics("t"), batch_size=batch_size)
+        return await relay.publish_pending()
+    finally:
+        await kafka.stop()
 
 
 async def test_the_relay_publishes_in_order_per_key_and_marks_what_it_published(
@@ -78,13 +93,7 @@ async def test_an_event_of_the_largest_size_contacts_ingests_is_published_whole(
     message = OutgoingMessage(topic, "big", CloudEvent.model_validate(raw))
     async with core.db.transaction() as conn:
         await Outbox(core.tables).add(conn, [message], NOW)
-    producer = make_producer(broker.bootstrap, client_id="test-largest")
-    await producer.start()
-    try:
-        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"))
-        assert await relay.publish_pending() == 1
-    finally:
-        await producer.stop()
+    assert await publish_round(core, broker.bootstrap, "test-largest") == 1
     [record] = await read_topic(broker.bootstrap, topic, count=1)
     assert json.loads(record.value)["data"]["note"] == raw["data"]["note"]
 
@@ -97,13 +106,10 @@ async def test_a_round_larger_than_a_batch_keeps_order_and_the_default_partition
     topic = await make_topic(broker.bootstrap, "relay-batches", partitions=4)
     keys = [f"customer-{i % 37}" for i in range(600)]
     await write(core, topic, keys)
-    producer = make_producer(broker.bootstrap, client_id="test-batches", max_batch_size=2048)
-    await producer.start()
-    try:
-        relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"), batch_size=600)
-        assert await relay.publish_pending() == 600
-    finally:
-        await producer.stop()
+    published = await publish_round(
+        core, broker.bootstrap, "test-batches", batch_size=600, max_batch_size=2048
+    )
+    assert published == 600
     records = await read_topic(broker.bootstrap, topic, count=600)
     assert len(records) == 600
     partitioner = DefaultPartitioner()
@@ -136,13 +142,7 @@ async def test_stopping_the_relay_while_the_broker_is_away_loses_nothing(core: C
         assert await pending(core) == 3
         broker.resume()
         await producer.stop()
-        producer = make_producer(broker.bootstrap, client_id="test-back")
-        await producer.start()
-        try:
-            relay = OutboxRelay(core.db, Outbox(core.tables), producer, Metrics("t"))
-            assert await relay.publish_pending() == 3
-        finally:
-            await producer.stop()
+        assert await publish_round(core, broker.bootstrap, "test-back") == 3
         records = await read_topic(broker.bootstrap, topic, count=3)
         assert await pending(core) == 0
         # A send that timed out may have been written anyway; each message is there at least once.
