@@ -142,11 +142,13 @@ class BatchProcessor:
                 refused = await self._handler(conn, [r.event for r in fresh]) or {}
                 applied = [r.event.id for r in fresh if r.event.id not in refused]
                 await self._inbox.record(conn, applied, _now())
-        rejected = [Rejected(r.record, refused[r.event.id]) for r in fresh if r.event.id in refused]
-        await self._dead.send(rejected, consumer=self.name)
+        # Counted before the dead letters go out: what the commit made readable is counted
+        # without waiting on the broker.
         self._count(
             [r for r in fresh if r.event.id not in refused], duplicates=len(received) - len(fresh)
         )
+        rejected = [Rejected(r.record, refused[r.event.id]) for r in fresh if r.event.id in refused]
+        await self._dead.send(rejected, consumer=self.name)
 
     async def _apply_one_by_one(self, received: list[Received]) -> None:
         for item in received:
