@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from sqlalchemy import select
 
 from contacts.settings import MAX_EVENT_BYTES
 from crm_shared.app.metrics import Metrics
@@ -96,6 +97,59 @@ async def test_an_event_of_the_largest_size_contacts_ingests_is_published_whole(
     assert await publish_round(core, broker.bootstrap, "test-largest") == 1
     [record] = await read_topic(broker.bootstrap, topic, count=1)
     assert json.loads(record.value)["data"]["note"] == raw["data"]["note"]
+
+
+async def test_a_message_over_the_relays_limit_is_parked_and_the_rest_go_on(
+    core: CoreDb, broker: Broker
+) -> None:
+    """A message larger than the relay sends is set aside with the reason, not retried
+    forever: the ones after it (its own key's too) are published, the round does not fail,
+    and the backlog is empty. Republished from its position under a raised limit, it goes."""
+    topic = await make_topic(broker.bootstrap, "relay-parked")
+    raw = purchase_json("a")
+    raw["data"]["note"] = "x" * 6000
+    big = OutgoingMessage(topic, "a", CloudEvent.model_validate(raw))
+    messages = [
+        OutgoingMessage(topic, "a", envelope("a")),
+        big,
+        OutgoingMessage(topic, "a", envelope("a")),
+        OutgoingMessage(topic, "b", envelope("b")),
+    ]
+    outbox = Outbox(core.tables)
+    async with core.db.transaction() as conn:
+        await outbox.add(conn, messages, NOW)
+    metrics = Metrics("t")
+    producer = make_producer(broker.bootstrap, client_id="test-parked")
+    await producer.start()
+    try:
+        relay = OutboxRelay(
+            core.db, outbox, producer, metrics, batch_size=10, max_message_bytes=4096
+        )
+        assert await relay.publish_pending() == 4  # three sent, one parked, no failure
+        assert await relay.publish_pending() == 0
+        await relay.refresh_gauges()
+        assert metrics.registry.get_sample_value("crm_outbox_parked") == 1
+        assert metrics.registry.get_sample_value("crm_outbox_backlog") == 0
+        records = await read_topic(broker.bootstrap, topic, count=3)
+        ids = [json.loads(r.value)["id"] for r in records if r.key == b"a"]
+        assert ids == [messages[0].event.id, messages[2].event.id]
+        table = core.tables.outbox
+        async with core.db.read() as conn:
+            row = (await conn.execute(select(table).where(table.c.id == 2))).one()
+        assert row.published_at is None and row.parked_at is not None
+        assert "more than the 4096 the relay sends" in row.parked_reason
+
+        async with core.db.transaction() as conn:
+            assert await outbox.republish_from(conn, 2) == 3  # it and the two after it
+        raised = OutboxRelay(core.db, outbox, producer, metrics, batch_size=10)
+        assert await raised.publish_pending() == 3
+        await raised.refresh_gauges()
+        assert metrics.registry.get_sample_value("crm_outbox_parked") == 0
+        assert metrics.registry.get_sample_value("crm_outbox_backlog") == 0
+    finally:
+        await producer.stop()
+    again = [json.loads(r.value) for r in await read_topic(broker.bootstrap, topic, count=6)]
+    assert [e["data"]["note"] for e in again if e["id"] == big.event.id] == [raw["data"]["note"]]
 
 
 async def test_a_round_larger_than_a_batch_keeps_order_and_the_default_partition_of_each_key(

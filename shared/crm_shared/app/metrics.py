@@ -57,6 +57,14 @@ class Metrics:
         self.outbox_backlog = Gauge(
             "crm_outbox_backlog", "Outbox messages not yet published", registry=r
         )
+        self.outbox_parked = Gauge(
+            "crm_outbox_parked",
+            "Outbox messages set aside because no broker would take them (too large)",
+            registry=r,
+        )
+        self.relay_parked = Counter(
+            "crm_relay_parked", "Outbox messages this process's relay parked", registry=r
+        )
         self.outbox_position = Gauge(
             "crm_outbox_published_position", "Id of the newest outbox message published", registry=r
         )

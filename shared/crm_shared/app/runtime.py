@@ -174,6 +174,7 @@ class Runtime:
             topic_prefix=self.settings.topic_prefix,
             on_reset=self._recreate_topics,
             prepare=self.prepare_outgoing,
+            max_message_bytes=self.settings.relay_max_message_bytes,
         )
         self.relay = relay
         self._spawn("relay", relay.run)

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_shared.app.heap import DEFAULT_GEN0_THRESHOLD
+from crm_shared.messaging.relay import DEFAULT_MAX_MESSAGE_BYTES
 
 
 class ServiceSettings(BaseSettings):
@@ -57,6 +58,15 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = ""
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_interval_ms: int = Field(default=100, ge=1)
+    relay_max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        description=(
+            "largest message (key, value and headers) the relay sends; a larger one is "
+            "parked, not retried (keep it under the broker's message.max.bytes)"
+        ),
+    )
     heartbeat_interval_s: float = Field(
         default=5.0, gt=0, description="how often the relay checks the broker kept its log"
     )

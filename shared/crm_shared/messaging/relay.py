@@ -7,6 +7,14 @@ over. While the broker is away the relay backs off and retries; the rows stay pe
 nothing is lost by stopping it. A publish that timed out may still
 have been written: consumers' inboxes absorb such duplicates.
 
+A message no broker would take is parked (`Outbox.park`, with the reason) rather than
+retried forever, which would hold up its partition: one larger than `max_message_bytes` (key,
+value and headers; Apache Kafka refuses a record batch over `message.max.bytes`, 1 MiB by
+default) before it is sent, and one the broker refused as too large when it was alone in its
+record batch. When the broker refuses a batch of several as too large, each of its messages
+goes in a batch of its own in the next round, and only the one refused alone is parked. The
+messages after a parked one go on, its own customer's too: the order per key skips it.
+
 On PostgreSQL several replicas may run a relay against one database: each round holds a
 transaction-scoped advisory lock, so only one publishes at a time and per-key order holds.
 
@@ -34,11 +42,13 @@ import logging
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -62,6 +72,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Apache Kafka's `message.max.bytes` is 1,048,588 bytes for a record batch; a batch of one
+# record adds under 100 bytes to the record's key, value and headers.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+# Refusals of a record batch for its size: sending the same batch again cannot succeed.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Why a message was set aside instead of sent."""
+
+    reason: str
+
+
+Outcome = BaseException | Parked | None  # failed (stays pending), parked, sent
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -77,6 +104,7 @@ class OutboxRelay:
         topic_prefix: str = "",
         on_reset: Callable[[], Awaitable[None]] = _nothing,
         prepare: Prepare | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._db, self._outbox, self._producer, self._metrics = db, outbox, producer, metrics
         self._batch_size = batch_size
@@ -86,14 +114,19 @@ class OutboxRelay:
         self._prefix = topic_prefix
         self._on_reset = on_reset
         self._prepare = prepare
+        self._max_message_bytes = max_message_bytes
+        # Ids of messages the broker refused in a batch of several: each goes alone next.
+        self._alone: set[int] = set()
         self._offsets: dict[tuple[str, int], int] = {}
         self._reset = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._lock_key = zlib.crc32(b"crm-outbox-relay") & 0x7FFFFFFF
-        # SQLite: the highest id sent in this pass, and the sent ids not yet marked.
+        # SQLite: the highest id sent in this pass, the sent ids not yet marked, and the
+        # parked ones not yet written.
         self._cursor = 0
         self._unmarked: list[int] = []
+        self._unparked: list[tuple[int, str]] = []
         # For `keep_up`: the highest id sent since start; wake-ups so far, and how many had
         # come when the last round that found less than a batch to send began; a signal
         # after every round.
@@ -110,7 +143,7 @@ class OutboxRelay:
     def forget_sent(self) -> None:
         """Rows were marked pending again (a republish): what this pass sent but has not
         marked yet stays pending, and the next round starts from the oldest pending row."""
-        self._unmarked, self._cursor = [], 0
+        self._unmarked, self._unparked, self._cursor = [], [], 0
         self._wake.set()
 
     def stop(self) -> None:
@@ -163,75 +196,106 @@ class OutboxRelay:
             log.warning("could not mark sent messages at stop", extra={"error": repr(exc)})
 
     async def publish_pending(self) -> int:
-        """One round: publish up to a batch of pending rows; return how many were published."""
+        """One round: publish up to a batch of pending rows; return how many it took off
+        the pending list (published or parked). A message that failed stays pending, and the
+        round raises the first such failure once the others are marked."""
         began = self._wakes
         if self._db.dialect == "postgresql":
             async with self._db.transaction() as conn:
                 if not await _try_lock(conn, self._lock_key):
                     return 0
                 pending = await self._outbox.pending(conn, limit=self._batch_size)
-                published = await self._publish(pending, conn)
-            if published < self._batch_size:
+                done, failure = await self._publish(pending, conn)
+            if failure is not None:  # after the commit: what was sent stays marked
+                raise failure
+            if len(pending) < self._batch_size:
                 self._clear_at = began
-            return published
+            return done
         async with self._db.read() as conn:
             pending = await self._outbox.pending(conn, limit=self._batch_size, after=self._cursor)
         try:
-            published = await self._publish(pending, None)
+            done, failure = await self._publish(pending, None)
+            if failure is not None:
+                raise failure
         except BaseException:
             await self._mark(wait=True)  # what was sent; the rest from the oldest again
             self._cursor = 0
             raise
-        if published < self._batch_size:  # caught up: mark everything, start over
+        if len(pending) < self._batch_size:  # caught up: mark everything, start over
             await self._mark(wait=True)
             self._cursor = 0
             self._clear_at = began
-        return published
+        return done
 
     async def _mark(self, *, wait: bool) -> None:
-        """Mark the ids sent so far published: now if the writer lock is free (or `wait`)."""
-        if not self._unmarked or (self._db.writer_busy and not wait):
+        """Mark the ids sent so far published, and park the parked ones: now if the writer
+        lock is free (or `wait`)."""
+        if not (self._unmarked or self._unparked) or (self._db.writer_busy and not wait):
             return
         ids, self._unmarked = self._unmarked, []
+        parked, self._unparked = self._unparked, []
         try:
             async with self._db.transaction() as write:
-                await self._outbox.mark_published(write, ids, self._clock())
+                now = self._clock()
+                await self._outbox.mark_published(write, ids, now)
+                await self._outbox.park(write, parked, now)
         except BaseException:
             self._unmarked = ids + self._unmarked
+            self._unparked = parked + self._unparked
             raise
 
     async def refresh_gauges(self) -> None:
         async with self._db.read() as conn:
             self._metrics.outbox_backlog.set(await self._outbox.backlog(conn))
+            self._metrics.outbox_parked.set(await self._outbox.parked(conn))
 
-    async def _publish(self, pending: list[PendingMessage], conn: AsyncConnection | None) -> int:
+    async def _publish(
+        self, pending: list[PendingMessage], conn: AsyncConnection | None
+    ) -> tuple[int, BaseException | None]:
+        """Send the round and mark (or, on SQLite, note) what was sent and what was parked;
+        how many were, and the first failure."""
         if not pending:
-            return 0
+            return 0, None
         outgoing = pending if self._prepare is None else await self._prepare(pending)
-        sent = await self._send_all(outgoing)
-        ok = [m.id for m, error in zip(pending, sent, strict=True) if error is None]
-        if ok:  # in id order
-            self._sent_through = max(self._sent_through, ok[-1])
+        outcomes = await self._send_all(outgoing)
+        ok: list[int] = []
+        parked: list[tuple[int, str]] = []
+        failure: BaseException | None = None
+        for message, outcome in zip(pending, outcomes, strict=True):
+            if outcome is None:
+                ok.append(message.id)
+            elif isinstance(outcome, Parked):
+                parked.append((message.id, outcome.reason))
+                _log_parked(message, outcome.reason)
+            elif failure is None:
+                failure = outcome
+        done = sorted(ok + [id_ for id_, _ in parked])
+        if done:  # in id order
+            self._sent_through = max(self._sent_through, done[-1])
         if conn is not None:
-            await self._outbox.mark_published(conn, ok, self._clock())
+            now = self._clock()
+            await self._outbox.mark_published(conn, ok, now)
+            await self._outbox.park(conn, parked, now)
         else:
             self._unmarked += ok
+            self._unparked += parked
             self._cursor = max(self._cursor, pending[-1].id)
             await self._mark(wait=len(self._unmarked) >= 20 * self._batch_size)
-        self._count(pending, sent)
-        failures = [error for error in sent if error is not None]
-        if failures:
-            raise failures[0]
-        return len(ok)
+        self._count(pending, outcomes)
+        if parked:
+            self._metrics.relay_parked.inc(len(parked))
+        return len(done), failure
 
-    async def _send_all(self, pending: list[PendingMessage]) -> list[BaseException | None]:
+    async def _send_all(self, pending: list[PendingMessage]) -> list[Outcome]:
         """Send a round as record batches, one open batch per partition (a batch that fills
-        up is sent and another opened); what each message's batch came to.
+        up is sent and another opened); what each message came to: sent, parked, or its
+        batch's failure.
 
         A batch costs the producer a third of what as many single sends cost (measured:
         7.5 against 17.8 us per ~370-byte record); the partition of a key is the one
         Kafka's default partitioner gives (murmur2), as a single send would choose."""
         producer = self._producer
+        results: list[Outcome] = [None] * len(pending)
         parts_of: dict[str, list[int]] = {}
         open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
         sent: list[tuple[asyncio.Future[Any], list[int]]] = []
@@ -249,24 +313,46 @@ class OutboxRelay:
                     HEADER_CONTENT_TYPE: "application/cloudevents+json",
                 }
             )
+            size = len(key) + len(message.payload) + sum(len(n) + len(v) for n, v in headers)
+            if size > self._max_message_bytes:
+                results[index] = Parked(
+                    f"{size} bytes (key, value and headers): more than the "
+                    f"{self._max_message_bytes} the relay sends in one message "
+                    "(CRM_RELAY_MAX_MESSAGE_BYTES)"
+                )
+                continue
             current = open_batches.get(slot)
+            alone = message.id in self._alone
             if current is not None:
                 batch, members = current
-                if _append(batch, key, message.payload, headers):
+                if not alone and _append(batch, key, message.payload, headers):
                     members.append(index)
                     continue
-                # full: off it goes
+                # full, or the next goes alone: off it goes
                 sent.append((await producer.send_batch(batch, topic, partition=slot[1]), members))
+                del open_batches[slot]
             batch = producer.create_batch()
             _append(batch, key, message.payload, headers)  # a batch takes its first record
-            open_batches[slot] = (batch, [index])
+            if alone:
+                batch.close()
+                sent.append((await producer.send_batch(batch, topic, partition=slot[1]), [index]))
+            else:
+                open_batches[slot] = (batch, [index])
         for (topic, partition), (batch, members) in open_batches.items():
             batch.close()
             sent.append((await producer.send_batch(batch, topic, partition=partition), members))
         outcomes = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
-        results: list[BaseException | None] = [None] * len(pending)
         for (_, members), outcome in zip(sent, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+            if not isinstance(outcome, BaseException):
+                self._alone.difference_update(pending[i].id for i in members)
+            elif not isinstance(outcome, _TOO_LARGE):
+                for index in members:
+                    results[index] = outcome
+            elif len(members) == 1:
+                self._alone.discard(pending[members[0]].id)
+                results[members[0]] = Parked(f"the broker refused it: {outcome!r}"[:1000])
+            else:  # which one? each alone next round
+                self._alone.update(pending[i].id for i in members)
                 for index in members:
                     results[index] = outcome
         self._watch([o for o in outcomes if not isinstance(o, BaseException)])
@@ -293,7 +379,7 @@ class OutboxRelay:
             return 0
         self._reset = False
         await self._on_reset()
-        self._unmarked, self._cursor = [], 0
+        self._unmarked, self._unparked, self._cursor = [], [], 0
         async with self._db.transaction() as conn:
             again = await self._outbox.republish_from(conn)
         log.warning(
@@ -302,8 +388,8 @@ class OutboxRelay:
         self.wake()
         return again
 
-    def _count(self, pending: list[PendingMessage], sent: list[BaseException | None]) -> None:
-        published = [m for m, error in zip(pending, sent, strict=True) if error is None]
+    def _count(self, pending: list[PendingMessage], outcomes: list[Outcome]) -> None:
+        published = [m for m, outcome in zip(pending, outcomes, strict=True) if outcome is None]
         for topic, count in Counter(m.topic for m in published).items():
             self._metrics.events_published.labels(topic).inc(count)
         if published:
@@ -316,6 +402,19 @@ class OutboxRelay:
         except TimeoutError:
             pass
         self._wake.clear()
+
+
+def _log_parked(message: PendingMessage, reason: str) -> None:
+    log.error(
+        "outbox message parked: it will not be sent until republished",
+        extra={
+            "outbox_id": message.id,
+            "topic": message.topic,
+            "key": message.key,
+            "event_id": message.event_id,
+            "reason": reason,
+        },
+    )
 
 
 def _append(batch: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:

@@ -118,3 +118,16 @@ def create_core_tables_v1() -> None:
         sa.Column("processed_at", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
     )
+
+
+def add_outbox_parking_v2() -> None:
+    """The outbox's `parked_at` and `parked_reason`: messages the relay set aside (too
+    large for the broker) instead of retrying them forever.
+
+    Frozen, as `create_core_tables_v1`.
+    """
+    from alembic import op
+
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("parked_at", UtcDateTime(), nullable=True))
+        batch.add_column(sa.Column("parked_reason", sa.Text, nullable=True))

@@ -1,7 +1,10 @@
 """The transactional outbox: messages written with the state change that caused them.
 
 A relay publishes pending rows in id order and marks them; rows are kept, so everything can
-be published again from any position (for instance after the broker lost its data).
+be published again from any position (for instance after the broker lost its data). A
+message no broker would take (too large) is parked by the relay with the reason: neither
+pending nor published, counted in `crm_outbox_parked`, and pending again after
+`republish_from` a position at or before it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Outbox:
         t = self._t
         self._pending = (
             select(t.c.id, t.c.topic, t.c.key, t.c.event_id, t.c.payload, t.c.headers)
-            .where(t.c.published_at.is_(None), t.c.id > bindparam("after"))
+            .where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.id > bindparam("after"))
             .order_by(t.c.id)
             .limit(bindparam("limit"))
         )
@@ -56,6 +59,11 @@ class Outbox:
             update(t)
             .where(t.c.id.in_(bindparam("ids", expanding=True)))
             .values(published_at=bindparam("now"))
+        )
+        self._park = (
+            update(t)
+            .where(t.c.id == bindparam("parked_id"))
+            .values(parked_at=bindparam("now"), parked_reason=bindparam("reason"))
         )
         self._high_water = select(func.coalesce(func.max(t.c.id), 0))  # before every fetch
 
@@ -87,8 +95,49 @@ class Outbox:
         if ids:
             await conn.execute(self._mark, {"ids": list(ids), "now": now})
 
+    async def park(
+        self, conn: AsyncConnection, parked: Sequence[tuple[int, str]], now: datetime
+    ) -> None:
+        """Set messages aside, each with its reason: the relay no longer tries them."""
+        if parked:
+            rows = [{"parked_id": id_, "reason": reason, "now": now} for id_, reason in parked]
+            await conn.execute(self._park, rows)
+
+    async def parked_messages(
+        self, conn: AsyncConnection, *, after: int, limit: int
+    ) -> list[dict[str, object]]:
+        """Parked messages with an id above `after`, oldest first, with their reasons."""
+        t = self._t
+        query = (
+            select(
+                t.c.id,
+                t.c.topic,
+                t.c.key,
+                t.c.event_id,
+                func.length(t.c.payload).label("size"),
+                t.c.created_at,
+                t.c.parked_at,
+                t.c.parked_reason.label("reason"),
+            )
+            .where(t.c.parked_at.is_not(None), t.c.id > after)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        return [dict(row._mapping) for row in await conn.execute(query)]
+
     async def backlog(self, conn: AsyncConnection) -> int:
-        query = select(func.count()).select_from(self._t).where(self._t.c.published_at.is_(None))
+        t = self._t
+        query = (
+            select(func.count())
+            .select_from(t)
+            .where(t.c.published_at.is_(None), t.c.parked_at.is_(None))
+        )
+        return int((await conn.execute(query)).scalar_one())
+
+    async def parked(self, conn: AsyncConnection) -> int:
+        """How many messages are parked."""
+        t = self._t
+        query = select(func.count()).select_from(t).where(t.c.parked_at.is_not(None))
         return int((await conn.execute(query)).scalar_one())
 
     async def high_water(self, conn: AsyncConnection) -> int:
@@ -96,11 +145,13 @@ class Outbox:
         return int((await conn.execute(self._high_water)).scalar_one())
 
     async def republish_from(self, conn: AsyncConnection, first_id: int = 1) -> int:
-        """Mark messages from `first_id` on as pending again; return how many."""
+        """Mark messages from `first_id` on as pending again, parked ones too; return how
+        many."""
+        t = self._t
         result = await conn.execute(
-            update(self._t)
-            .where(self._t.c.id >= first_id, self._t.c.published_at.is_not(None))
-            .values(published_at=None)
+            update(t)
+            .where(t.c.id >= first_id, t.c.published_at.is_not(None) | t.c.parked_at.is_not(None))
+            .values(published_at=None, parked_at=None, parked_reason=None)
         )
         return int(result.rowcount)
 

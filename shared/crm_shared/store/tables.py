@@ -159,6 +159,10 @@ def _outbox(metadata: MetaData) -> Table:
         Column("headers", JSON, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False),
         Column("published_at", UtcDateTime(), nullable=True),
+        # Set aside by the relay (a message no broker would take): not pending, not
+        # published; `republish_from` makes it pending again.
+        Column("parked_at", UtcDateTime(), nullable=True),
+        Column("parked_reason", Text, nullable=True),
     )
     pending = table.c.published_at.is_(None)
     Index("ix_outbox_pending", table.c.id, postgresql_where=pending, sqlite_where=pending)
