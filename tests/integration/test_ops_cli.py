@@ -214,7 +214,7 @@ async def test_lag_prints_a_row_per_consumer_and_fails_when_a_service_does_not_a
     partial = await crm(capsys, *base, "--url-notifications", dead, "lag")
 
     assert run.status == 0, run.err
-    assert re.search(r"contacts +\d+ +\d+ +\d+ +0", run.out), run.out  # the outbox line
+    assert re.search(r"contacts +\d+ +0 +\d+ +\d+ +0", run.out), run.out  # the outbox line
     assert partial.status == 1
     assert f"notifications does not answer at {dead}" in partial.err
     assert re.search(consumers[1], partial.out), "the services that answered are still shown"
@@ -283,3 +283,21 @@ async def test_republish_reports_the_count_and_follows_until_the_relay_sent_them
     assert f"published {count} message(s) again" in run.out
     assert f"{count}/{count} msg 100%" in run.err
     assert after.published_total - before.published_total >= count
+
+
+async def test_republish_takes_any_services_outbox(
+    capsys: pytest.CaptureFixture[str], stack: Stack, broker: Broker, traffic: dict[str, Any]
+) -> None:
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        async def stage_change_published() -> bool:
+            snapshot = await scrape(client, "lifecycle", stack.url("lifecycle"))
+            return (snapshot.published_position or 0) > 0
+
+        await eventually(stage_change_published, within=20)
+        run = await crm(capsys, *options(stack, broker), "republish", "--service", "lifecycle")
+    assert run.status == 0, run.err
+    marked = re.search(r"lifecycle: (\d+) message\(s\) from outbox id 1", run.out)
+    assert marked is not None, run.out
+    assert int(marked[1]) >= 1
+    assert f"published {marked[1]} message(s) again" in run.out

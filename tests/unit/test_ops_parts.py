@@ -22,11 +22,15 @@ crm_consumer_lag{consumer="customer-events",partition="1",topic="p.crm.customer-
 crm_consumer_lag{consumer="customer-events",partition="0",topic="p.crm.customer-events"} 0.0
 # TYPE crm_outbox_backlog gauge
 crm_outbox_backlog 12.0
+# TYPE crm_outbox_parked gauge
+crm_outbox_parked 1.0
 # TYPE crm_outbox_published_position gauge
 crm_outbox_published_position 40.0
 # TYPE crm_events_published counter
 crm_events_published_total{topic="p.crm.lifecycle"} 30.0
 crm_events_published_total{topic="p.crm.heartbeat"} 3.0
+# TYPE crm_relay_parked counter
+crm_relay_parked_total 4.0
 # TYPE crm_relay_failures counter
 crm_relay_failures_total 2.0
 """
@@ -44,8 +48,9 @@ def test_metrics_give_lag_per_partition_and_the_outbox_figures() -> None:
         Lag("customer-events", "p.crm.customer-events", 0, 0),
         Lag("customer-events", "p.crm.customer-events", 1, 7),
     )
-    assert (snapshot.outbox_backlog, snapshot.published_position) == (12, 40)
-    assert (snapshot.published_total, snapshot.relay_failures) == (33, 2)
+    assert (snapshot.outbox_backlog, snapshot.outbox_parked) == (12, 1)
+    assert snapshot.published_position == 40
+    assert (snapshot.published_total, snapshot.parked_total, snapshot.relay_failures) == (33, 4, 2)
 
 
 def test_a_bar_off_a_terminal_prints_whole_lines_and_only_now_and_then() -> None:

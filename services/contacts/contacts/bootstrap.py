@@ -8,7 +8,6 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from contacts.api import errors
-from contacts.api.admin import router as admin_router
 from contacts.api.contacts import router as contacts_router
 from contacts.api.events import router as events_router
 from contacts.api.imports import router as imports_router
@@ -82,7 +81,6 @@ def create_app(settings: ContactsSettings | None = None) -> FastAPI:
             timeline_router,
             schemas_router,
             imports_router,
-            admin_router,
         ],
         state={"ingestor": ingestor, "contacts": contacts, "vault": vault},
         # The routes taking batches and files enforce their own (bigger) caps.

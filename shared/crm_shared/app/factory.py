@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -15,8 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_shared.app.asyncapi import asyncapi_router
 from crm_shared.app.auth import TokenVerifier, check_every_route_is_guarded, document_access
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.limits import BodyLimit
 from crm_shared.app.metrics import CONTENT_TYPE, Metrics
+from crm_shared.app.outbox_admin import router as outbox_router
 from crm_shared.app.problems import install_problem_handlers
 from crm_shared.app.runtime import Runtime
 from crm_shared.app.tracing import TraceContextMiddleware
@@ -71,7 +73,7 @@ def create_service_app(
     app.include_router(_operations_router())
     if docs:  # like /openapi.json: public, and not in the OpenAPI schema
         app.include_router(asyncapi_router())
-    for router in routers:
+    for router in (*routers, outbox_router):
         app.include_router(router)
     check_every_route_is_guarded(app)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, overrides=body_limits)
@@ -150,15 +152,6 @@ def _own_body(response: dict[str, Any]) -> bool:
     what it serves; FastAPI's default validation error is not what a 422 serves."""
     schema = response.get("content", {}).get("application/json", {}).get("schema", {})
     return bool(schema) and schema != {"$ref": "#/components/schemas/HTTPValidationError"}
-
-
-async def get_runtime(request: Request) -> Runtime:
-    """The service runtime (async: a plain function would run in the thread pool)."""
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 class Readiness(BaseModel):

@@ -64,13 +64,21 @@ def outbox_table(snapshots: list[Snapshot]) -> str:
         [
             s.service,
             _or_dash(s.outbox_backlog),
+            _or_dash(s.outbox_parked),
             _or_dash(s.published_position),
             s.published_total,
             s.relay_failures,
         ]
         for s in snapshots
     ]
-    headers = ["SERVICE", "OUTBOX BACKLOG", "PUBLISHED UP TO ID", "PUBLISHED", "RELAY FAILURES"]
+    headers = [
+        "SERVICE",
+        "OUTBOX BACKLOG",
+        "PARKED",
+        "PUBLISHED UP TO ID",
+        "PUBLISHED",
+        "RELAY FAILURES",
+    ]
     return table(headers, rows)
 
 
@@ -83,7 +91,8 @@ COMMAND = Command(
     help="show consumer lag and outbox backlog of the services",
     description="Read each service's /metrics and show, per consumer, topic and partition, "
     "how many messages it is behind the partition's end (as last fetched), and each "
-    "outbox's backlog (messages not yet published; refreshed every few seconds). "
+    "outbox's backlog (messages not yet published) and parked messages (too large to "
+    "send: GET /v1/admin/outbox/parked lists them), both refreshed every few seconds. "
     "Exits 1 if a service does not answer. /metrics needs no token.",
     arguments=_arguments,
     run=_run,

@@ -28,15 +28,17 @@ class Snapshot:
     service: str
     lags: tuple[Lag, ...]
     outbox_backlog: int | None
+    outbox_parked: int | None
     published_position: int | None
     published_total: int
+    parked_total: int
     relay_failures: int
 
 
 def parse(service: str, text: str) -> Snapshot:
     lags: list[Lag] = []
     gauges: dict[str, int] = {}
-    published = failures = 0
+    published = parked = failures = 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, int(sample.value)
@@ -44,18 +46,26 @@ def parse(service: str, text: str) -> Snapshot:
                 lags.append(
                     Lag(labels["consumer"], labels["topic"], int(labels["partition"]), value)
                 )
-            elif name in ("crm_outbox_backlog", "crm_outbox_published_position"):
+            elif name in (
+                "crm_outbox_backlog",
+                "crm_outbox_parked",
+                "crm_outbox_published_position",
+            ):
                 gauges[name] = value
             elif name == "crm_events_published_total":
                 published += value
+            elif name == "crm_relay_parked_total":
+                parked += value
             elif name == "crm_relay_failures_total":
                 failures += value
     return Snapshot(
         service=service,
         lags=tuple(sorted(lags, key=lambda x: (x.consumer, x.topic, x.partition))),
         outbox_backlog=gauges.get("crm_outbox_backlog"),
+        outbox_parked=gauges.get("crm_outbox_parked"),
         published_position=gauges.get("crm_outbox_published_position"),
         published_total=published,
+        parked_total=parked,
         relay_failures=failures,
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from crm_shared.app.auth import requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import Problem
 
 router = APIRouter(prefix="/v1/schemas", tags=["events"])

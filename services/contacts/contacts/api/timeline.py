@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from contacts.store import records
 from contacts.store.timeline import TimelineQuery, timeline
 from crm_shared.app.auth import requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import Problem, utc_parameter
 
 router = APIRouter(prefix="/v1", tags=["contacts"])

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from crm_shared.app.auth import requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import utc_parameter
 from lifecycle.domain.policy import Policy
 from lifecycle.handlers import replay

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from crm_shared.app.auth import requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import Problem, utc_parameter
 from lifecycle.domain.stages import STAGES
 from lifecycle.handlers.replay import current_now

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from crm_shared.app.auth import public, requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import Problem
 from crm_shared.events import new_event
 from crm_shared.events.catalog import ConsentChanged

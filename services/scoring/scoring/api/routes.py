@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from crm_shared.app.auth import requires
-from crm_shared.app.factory import RuntimeDep
+from crm_shared.app.deps import RuntimeDep
 from crm_shared.app.problems import Problem, utc_parameter
 from scoring.domain.model import ScoringModel, score
 from scoring.domain.risk import RiskWeights
