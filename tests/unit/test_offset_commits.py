@@ -1,8 +1,8 @@
 """The fetch loop commits a batch's offsets without waiting for the broker's answer, in
 order, and a stop waits for the last commit. Within the commit interval, offsets wait for
-the next batch, an idle fetch or the stop. The Kafka client is a scripted stand-in here:
-what is asserted is the loop's order of calls, which a real broker answers too fast to
-observe (the integration tests run the loop against the real broker)."""
+the next batch, an idle fetch, the stop or a rebalance. The Kafka client is a scripted
+stand-in here: what is asserted is the loop's order of calls, which a real broker answers
+too fast to observe (the integration tests run the loop against the real broker)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ class ScriptedConsumer:
         self.log: list[str] = []
         self.release = asyncio.Event()
         self.assigned = {TP}
+        self.listener: Any = None
+
+    def subscription(self) -> set[str]:
+        return {"t"}
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
 
     async def start(self) -> None:
         pass
@@ -162,5 +169,36 @@ async def test_offsets_of_partitions_no_longer_assigned_are_not_committed() -> N
         await asyncio.sleep(0.4)  # past an idle fetch
         assert kafka.log == ["commit 1 asked", "commit 1 done"]
     finally:
+        loop.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_rebalance_commits_what_was_applied_from_the_partitions_it_takes_away() -> None:
+    kafka, processor = ScriptedConsumer(batches=1_000_000), Processor()
+    kafka.release.set()
+    scripted = kafka.getmany
+
+    async def busy(timeout_ms: int, max_records: int) -> Any:
+        await asyncio.sleep(0.001)  # a batch every millisecond: never an idle fetch
+        return await scripted(timeout_ms, max_records)
+
+    kafka.getmany = busy  # type: ignore[method-assign]
+    loop = interval_loop(kafka, processor)
+    task = asyncio.create_task(loop.run())
+    try:
+        await until(lambda: len(processor.applied) >= 20)
+        assert kafka.log == ["commit 1 asked", "commit 1 done"]
+        kafka.release.clear()  # the broker takes its time with the next commit
+        revoking = asyncio.create_task(kafka.listener.on_partitions_revoked({TP}))
+        await until(lambda: len(kafka.log) == 3)
+        applied = int(kafka.log[2].split()[1])
+        assert kafka.log[2] == f"commit {applied} asked" and applied > 20
+        await asyncio.sleep(0.1)
+        assert not revoking.done()  # the rebalance waits for the commit
+        kafka.release.set()
+        await asyncio.wait_for(revoking, 5)
+        assert kafka.log[3] == f"commit {applied} done"
+    finally:
+        kafka.release.set()
         loop.stop()
         await asyncio.wait_for(task, 5)

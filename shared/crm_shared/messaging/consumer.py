@@ -5,8 +5,9 @@ reason in its headers), skip the events the inbox has seen, hand the rest to the
 record them in the inbox, commit the database transaction, and only then commit the Kafka
 offsets. A crash anywhere replays the batch, and the inbox makes the replay harmless.
 Offsets are committed at most every `commit_interval` seconds while batches keep coming
-(each commit is a request to the broker), and at once when the consumer goes idle or stops:
-a crash replays at most that much more, which the inbox skips as well.
+(each commit is a request to the broker), and at once when the consumer goes idle or stops,
+or a rebalance takes partitions away (before they move, so their new owner starts where this
+one stopped): a crash replays at most that much more, which the inbox skips as well.
 
 A handler error that is not transient (the database is away) is narrowed down by applying
 the batch one event at a time: the events that still fail are dead-lettered with the error,
@@ -28,7 +29,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -48,6 +55,9 @@ log = logging.getLogger(__name__)
 # accept (event id -> reason): those are not recorded as processed and go to the DLQ.
 Handler = Callable[[AsyncConnection, list[Event[EventData]]], Awaitable[Mapping[str, str] | None]]
 MAX_DLQ_VALUE = 900_000
+# How long a rebalance waits for the offsets of the partitions it takes away (the group
+# waits for this member meanwhile).
+REVOKE_COMMIT_S = 5.0
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, TimeoutError)
 
 
@@ -359,6 +369,9 @@ class BatchConsumer:
     async def run(self) -> None:
         while not self._stopping.is_set():
             consumer = self._factory()
+            topics = consumer.subscription()
+            if topics:  # subscribed again, to hear of rebalances
+                consumer.subscribe(topics=sorted(topics), listener=_CommitOnRevoke(self, consumer))
             try:
                 await consumer.start()
                 self._consumer = consumer
@@ -457,6 +470,29 @@ class BatchConsumer:
             self._commit_after(self._committing, consumer, offsets)
         )
 
+    async def commit_revoked(
+        self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]
+    ) -> None:
+        """A rebalance takes these partitions away: commit what was applied from them now,
+        after the commits before it, and wait for it (bounded), so that their next owner
+        does not replay it. A batch still being applied from them is replayed there."""
+        offsets = {tp: o for tp, o in self._uncommitted.items() if tp in revoked}
+        for tp in offsets:
+            del self._uncommitted[tp]
+        if offsets:
+            self._committing = asyncio.create_task(
+                self._commit_after(self._committing, consumer, offsets)
+            )
+        if self._committing is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._committing), timeout=REVOKE_COMMIT_S)
+        except Exception as exc:
+            log.warning(
+                "offsets not committed before a rebalance",
+                extra={"consumer": self.name, "error": repr(exc)},
+            )
+
     async def _commit_after(
         self,
         previous: asyncio.Task[None] | None,
@@ -501,6 +537,17 @@ class BatchConsumer:
         except TimeoutError:
             return False
         return True
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: BatchConsumer, consumer: AIOKafkaConsumer) -> None:
+        self._loop, self._consumer = loop, consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._loop.commit_revoked(self._consumer, set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass
 
 
 async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
