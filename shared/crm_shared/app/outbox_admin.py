@@ -32,7 +32,10 @@ class ParkedMessage(BaseModel):
     topic: str
     key: str
     event_id: str
-    size: int = Field(description="bytes of the stored message")
+    size: int = Field(
+        description="characters of the message as stored (contacts stores personal data "
+        "sealed, so the reason's size, what would be sent, differs)"
+    )
     created_at: datetime
     parked_at: datetime
     reason: str

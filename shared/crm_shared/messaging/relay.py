@@ -12,8 +12,10 @@ retried forever, which would hold up its partition: one larger than `max_message
 value and headers; Apache Kafka refuses a record batch over `message.max.bytes`, 1 MiB by
 default) before it is sent, and one the broker refused as too large when it was alone in its
 record batch. When the broker refuses a batch of several as too large, each of its messages
-goes in a batch of its own in the next round, and only the one refused alone is parked. The
-messages after a parked one go on, its own customer's too: the order per key skips it.
+goes in a batch of its own in the next round, and only the one refused alone is parked (the
+batches after it for the same partition may have been written meanwhile: there, order per
+key can break, as after any batch that fails for good). The messages after a parked one go
+on, its own customer's too: the order per key skips it.
 
 On PostgreSQL several replicas may run a relay against one database: each round holds a
 transaction-scoped advisory lock, so only one publishes at a time and per-key order holds.
@@ -269,9 +271,9 @@ class OutboxRelay:
                 _log_parked(message, outcome.reason)
             elif failure is None:
                 failure = outcome
-        done = sorted(ok + [id_ for id_, _ in parked])
-        if done:  # in id order
-            self._sent_through = max(self._sent_through, done[-1])
+        if ok or parked:  # each in id order
+            last = max(ok[-1] if ok else 0, parked[-1][0] if parked else 0)
+            self._sent_through = max(self._sent_through, last)
         if conn is not None:
             now = self._clock()
             await self._outbox.mark_published(conn, ok, now)
@@ -284,7 +286,7 @@ class OutboxRelay:
         self._count(pending, outcomes)
         if parked:
             self._metrics.relay_parked.inc(len(parked))
-        return len(done), failure
+        return len(ok) + len(parked), failure
 
     async def _send_all(self, pending: list[PendingMessage]) -> list[Outcome]:
         """Send a round as record batches, one open batch per partition (a batch that fills

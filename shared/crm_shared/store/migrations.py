@@ -131,3 +131,7 @@ def add_outbox_parking_v2() -> None:
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(sa.Column("parked_at", UtcDateTime(), nullable=True))
         batch.add_column(sa.Column("parked_reason", sa.Text, nullable=True))
+    parked = sa.text("parked_at IS NOT NULL")
+    op.create_index(
+        "ix_outbox_parked", "outbox", ["id"], postgresql_where=parked, sqlite_where=parked
+    )

@@ -166,6 +166,8 @@ def _outbox(metadata: MetaData) -> Table:
     )
     pending = table.c.published_at.is_(None)
     Index("ix_outbox_pending", table.c.id, postgresql_where=pending, sqlite_where=pending)
+    parked = table.c.parked_at.is_not(None)  # counted every few seconds: rows are kept
+    Index("ix_outbox_parked", table.c.id, postgresql_where=parked, sqlite_where=parked)
     return table
 
 

@@ -22,6 +22,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     from alembic import op
 
+    op.drop_index("ix_outbox_parked", table_name="outbox")
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("parked_reason")
         batch.drop_column("parked_at")
