@@ -54,7 +54,7 @@ async def published(app: FastAPI) -> list[dict[str, Any]]:
     assert {(m.topic, m.key) for m in pending} <= {
         (LIFECYCLE, json.loads(m.payload)["subject"]) for m in pending
     }
-    return [json.loads(m.payload)["data"] for m in pending]
+    return [{**json.loads(m.payload)["data"], "id": json.loads(m.payload)["id"]} for m in pending]
 
 
 def merge(survivor: str, *others: str) -> Event[EventData]:
@@ -97,6 +97,7 @@ async def test_a_late_purchase_is_published_as_corrections_of_the_history(
 ) -> None:
     await apply(app, [purchase("c1", day=0), purchase("c1", day=200)])
     # day 0: new; silent: dormant at 90, churned at 180; day 200: won back
+    before = await published(app)
     await apply(app, [purchase("c1", day=60, event_id="late")])
     history = (await client.get("/v1/customers/c1/transitions")).json()
     assert [t["to_stage"] for t in history] == ["prospect", "new", "active"]
@@ -105,7 +106,12 @@ async def test_a_late_purchase_is_published_as_corrections_of_the_history(
         await client.get("/v1/customers/c1/transitions", params={"include_superseded": "true"})
     ).json()
     assert sum(t["superseded"] for t in everything) == 3  # dormant, churned, won back
-    assert [c["to_stage"] for c in await published(app)][-2:] == ["active", "active"]
+    after = await published(app)
+    assert [c["to_stage"] for c in after][-2:] == ["active", "active"]
+    # The correction names the three it replaces: what they set off no longer applies.
+    assert [c["to_stage"] for c in before[-3:]] == ["dormant", "churned", "active"]
+    assert after[-1]["supersedes"] == [c["id"] for c in before[-3:]]
+    assert all(c["supersedes"] == [] for c in before)
 
 
 async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_holds_again(
@@ -114,6 +120,7 @@ async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_ho
     await apply(app, [purchase("c1", day=0), purchase("c1", day=10)])
     await apply(app, [purchase("c2", day=120)])  # the clock moves on: c1 dormant since day 100
     assert (await client.get("/v1/customers/c1/stage")).json()["stage"] == "dormant"
+    [dormant] = [c for c in await published(app) if c["to_stage"] == "dormant"]
     await apply(app, [purchase("c1", day=95, event_id="late")])
     # With day 95 the mean gap is 47.5 days: dormant is due at day 237.5, not yet. Consumers
     # were told "dormant" last, so the transition that holds again is published again.
@@ -122,6 +129,7 @@ async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_ho
     assert history[-1]["correction"] and not history[-1]["superseded"]
     last = [c for c in await published(app) if c["customer_id"] == "c1"][-1]
     assert (last["from_stage"], last["to_stage"], last["correction"]) == ("new", "active", True)
+    assert last["supersedes"] == [dormant["id"]]  # "active" holds still; "dormant" does not
 
 
 async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(

@@ -88,7 +88,13 @@ def contact(customer: str, at: datetime, *, consent: bool = True) -> list[Event[
 
 
 def stage(
-    customer: str, to: str, at: datetime, *, correction: bool = False, event_id: str | None = None
+    customer: str,
+    to: str,
+    at: datetime,
+    *,
+    correction: bool = False,
+    event_id: str | None = None,
+    supersedes: list[str] | None = None,
 ) -> Event[EventData]:
     return ev(
         "crm.lifecycle.stage_changed.v1",
@@ -101,6 +107,7 @@ def stage(
             "occurred_at": at.isoformat(),
             "policy_version": "default-1",
             "correction": correction,
+            "supersedes": supersedes or [],
         },
         at,
         event_id,
@@ -359,6 +366,41 @@ async def test_a_stage_change_that_is_a_correction_sends_nothing(
 ) -> None:
     await feed(app, [*contact("c6", NOON), stage("c6", "churned", NOON, correction=True)])
     assert await deliveries(client, "c6") == []
+
+
+async def logged_triggers(app: FastAPI, customer: str) -> list[str]:
+    async with app.state.runtime.db.read() as conn:
+        query = select(trigger_log.c.event_id).where(trigger_log.c.customer_id == customer)
+        return list((await conn.execute(query)).scalars())
+
+
+async def test_a_stage_change_corrected_away_has_its_waiting_message_suppressed(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """A late purchase showed lifecycle the customer never churned: the win-back mail the
+    churn scheduled is not sent, and a dry run no longer counts that trigger."""
+    gone = str(uuid.uuid4())
+    await feed(app, [*contact("c8", NOON), stage("c8", "churned", NOON, event_id=gone)])
+    [scheduled] = await deliveries(client, "c8")
+    assert scheduled["status"] == "scheduled" and gone in await logged_triggers(app, "c8")
+    fixed = stage("c8", "active", NOON - DAY, correction=True, supersedes=[gone])
+    await feed(app, [fixed])
+    [suppressed] = await deliveries(client, "c8")
+    assert suppressed["status"] == "suppressed"
+    assert suppressed["reason"] == f"its trigger was corrected away (lifecycle's {fixed.id})"
+    assert gone not in await logged_triggers(app, "c8")
+    await dispatch(app, NOON + 7 * DAY)
+    assert smtp.to("c8@example.com") == []
+
+
+async def test_a_stage_change_corrected_away_in_the_same_batch_schedules_nothing(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    gone = str(uuid.uuid4())
+    corrected = stage("c9", "active", NOON - DAY, correction=True, supersedes=[gone])
+    await feed(app, [*contact("c9", NOON), stage("c9", "churned", NOON, event_id=gone), corrected])
+    assert await deliveries(client, "c9") == []
+    assert await logged_triggers(app, "c9") == []
 
 
 async def test_a_restart_in_the_middle_of_sending_is_reported_not_repeated(

@@ -241,6 +241,13 @@ class StageChanged(EventData):
     occurred_at: datetime
     policy_version: str
     correction: bool = False
+    supersedes: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="ids of stage changes published before that the corrected history no "
+        "longer holds (on the first change of a corrected history): what they set off, such "
+        "as a message not sent yet, no longer applies",
+    )
 
 
 class CustomEvent(EventData):

@@ -120,13 +120,14 @@ class Lifecycle:
         messages: list[OutgoingMessage] = []
         recorded = self.wall()
 
-        def add(t: Transition, seq: int, correction: bool) -> None:
+        def add(t: Transition, seq: int, correction: bool, supersedes: list[str]) -> None:
             row = stages.transition_row(
                 t, seq=seq, correction=correction, policy=self.policy, now=recorded
             )
             rows.append(row)
             if publish:  # a rebuild publishes nothing: building messages is wasted work
-                messages.append(self._message(t, row, causes.trace(t.customer_id, t.caused_by)))
+                trace = causes.trace(t.customer_id, t.caused_by)
+                messages.append(self._message(t, row, trace, supersedes))
 
         for customer_id in sorted(continued):
             before, ordered = continued[customer_id]
@@ -134,7 +135,7 @@ class Lifecycle:
             state, added = fold(before.state, ordered, self.policy, now)
             assert state is not None  # folding from a state never ends without one
             for seq, t in enumerate(added, start=before.head.next_seq):
-                add(t, seq, correction=False)
+                add(t, seq, correction=False, supersedes=[])
             heads[customer_id] = before.head.advanced(ordered, len(added))
             states.append(state)
         for customer_id in sorted(replayed):
@@ -147,12 +148,16 @@ class Lifecycle:
             keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
             restated = Counter(r["to_stage"] for r in old[keep:])
+            # The first new transition names the published ones the history no longer holds
+            # (one published again unchanged still holds).
+            again = {t.key for t in history[keep:]}
+            replaced = [r["event_id"] for r in old[keep:] if _key(r) not in again]
             for seq, t in enumerate(history[keep:], start=keep):
                 # A correction restates a stage entry published before (at another time or
                 # for another cause); an entry never published is news, correction or not.
                 correction = restated[t.to_stage] > 0
                 restated[t.to_stage] -= 1
-                add(t, seq, correction)
+                add(t, seq, correction, supersedes=replaced if seq == keep else [])
             if state is None:
                 gone.append(customer_id)
             else:
@@ -234,7 +239,11 @@ class Lifecycle:
         return await stages.event_clock(conn) or datetime.min.replace(tzinfo=self.wall().tzinfo)
 
     def _message(
-        self, t: Transition, row: dict[str, Any], trace: TraceContext | None
+        self,
+        t: Transition,
+        row: dict[str, Any],
+        trace: TraceContext | None,
+        supersedes: list[str],
     ) -> OutgoingMessage:
         data = StageChanged(
             customer_id=t.customer_id,
@@ -245,6 +254,7 @@ class Lifecycle:
             occurred_at=t.occurred_at,
             policy_version=self.policy.version,
             correction=row["correction"],
+            supersedes=supersedes,
         )
         event = new_event(
             type=STAGE_CHANGED,
@@ -272,16 +282,15 @@ def _common_prefix(old: list[dict[str, Any]], new: list[Transition]) -> int:
     """How many transitions at the start of the published history the replay confirms."""
     count = 0
     for row, t in zip(old, new, strict=False):
-        if (
-            row["from_stage"],
-            row["to_stage"],
-            row["reason"],
-            row["caused_by"],
-            row["occurred_at"],
-        ) != t.key:
+        if _key(row) != t.key:
             break
         count += 1
     return count
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A stored transition's `Transition.key`."""
+    return (row["from_stage"], row["to_stage"], row["reason"], row["caused_by"], row["occurred_at"])
 
 
 __all__ = ["CustomerState", "Lifecycle", "Recomputed"]

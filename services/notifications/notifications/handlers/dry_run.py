@@ -7,6 +7,7 @@ each message it would have scheduled is decided as the dispatcher would at its d
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +41,15 @@ async def log_triggers(conn: AsyncConnection, fired: list[TriggerEvent]) -> None
             for t in fired
         ],
     )
+
+
+async def forget_triggers_of(conn: AsyncConnection, event_ids: Iterable[str]) -> None:
+    """Drop the triggers of these events (stage changes lifecycle corrected away): a dry run
+    counts only what still happened."""
+    wanted = sorted(set(event_ids))
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        await conn.execute(delete(trigger_log).where(trigger_log.c.event_id.in_(chunk)))
 
 
 async def forget_triggers(conn: AsyncConnection, now: datetime) -> int:

@@ -1,6 +1,10 @@
 """Consumed events: keep the customer view current, cancel what a new event makes
 pointless, and schedule a message for every rule an event fires (once per rule, customer
-and triggering event, however often the event is delivered)."""
+and triggering event, however often the event is delivered).
+
+A stage change lifecycle corrected away (named in a later change's `supersedes`: a late
+event showed the customer never went silent, say) no longer triggers anything: the messages
+it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from crm_shared.events.causes import Causes
 from crm_shared.ids import new_id
 from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
-from notifications.handlers.dry_run import log_triggers
+from notifications.handlers.dry_run import forget_triggers_of, log_triggers
 from notifications.handlers.messages import suppressed_message
 from notifications.store import outreach
 
@@ -49,12 +53,16 @@ class Triggers:
             view = views.setdefault(event.subject, outreach.blank_customer(event.subject, now))
             fired += _observe(view, event)
             self._tick(event.time)
+        superseded = _superseded(events)
+        if superseded:  # the corrected-away changes of this batch fire nothing either
+            fired = [t for t in fired if t.event_id not in superseded]
+            await forget_triggers_of(conn, superseded)
         # Only the views an event changed (a purchase changes none) are written back.
         changed = [{**v, "updated_at": now} for i, v in views.items() if stored.get(i) != v]
         await outreach.save_customers(conn, changed)
         erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
         await outreach.forget_customers(conn, erased, now)
-        await self._cancel(conn, events, now)
+        await self._cancel(conn, events, now, superseded)
         await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now, causes=Causes(events))
 
@@ -88,16 +96,26 @@ class Triggers:
         await outreach.add_deliveries(conn, rows)
 
     async def _cancel(
-        self, conn: AsyncConnection, events: list[Event[EventData]], now: datetime
+        self,
+        conn: AsyncConnection,
+        events: list[Event[EventData]],
+        now: datetime,
+        superseded: dict[str, str],
     ) -> None:
         """A scheduled message whose rule names this event type is cancelled (for instance
         the win-back mail when the customer buys before it goes out), by the first such
-        event of the batch; all of them in one statement."""
+        event of the batch, and so is one whose trigger was corrected away; all of them in
+        one statement."""
         by_customer: dict[str, list[Event[EventData]]] = defaultdict(list)
         for event in events:
             by_customer[event.subject].append(event)
         cancelled: list[tuple[dict[str, Any], str]] = []
         for delivery in await outreach.cancellable(conn, by_customer):
+            correction = superseded.get(delivery["trigger_event_id"])
+            if correction is not None:
+                reason = f"its trigger was corrected away (lifecycle's {correction})"
+                cancelled.append((delivery, reason))
+                continue
             for event in by_customer[delivery["customer_id"]]:
                 if event.type in delivery["cancel_on"] and event.time >= delivery["trigger_time"]:
                     cancelled.append((delivery, f"cancelled by {event.type} ({event.id})"))
@@ -105,6 +123,16 @@ class Triggers:
         await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
         messages = [suppressed_message(d, reason) for d, reason in cancelled]
         await self.outbox.add(conn, messages, now)
+
+
+def _superseded(events: list[Event[EventData]]) -> dict[str, str]:
+    """Stage changes corrected away -> the id of the change that says so."""
+    return {
+        gone: event.id
+        for event in events
+        if isinstance(event.data, StageChanged)
+        for gone in event.data.supersedes
+    }
 
 
 def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent]:

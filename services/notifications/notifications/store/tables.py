@@ -106,4 +106,5 @@ trigger_log = Table(
     Column("left_stage", String(20), nullable=True),
     Column("nps", Integer, nullable=True),
     Index("ix_trigger_log_time", "time"),
+    Index("ix_trigger_log_event", "event_id"),  # corrected-away stage changes leave by id
 )
