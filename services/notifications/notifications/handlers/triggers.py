@@ -29,6 +29,7 @@ from crm_shared.events.catalog import (
 )
 from crm_shared.events.causes import Causes
 from crm_shared.ids import new_id
+from crm_shared.store import jsontext
 from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
 from notifications.handlers.dry_run import forget_triggers_of, log_triggers
@@ -121,7 +122,10 @@ class Triggers:
                     cancelled.append((delivery, f"cancelled by {event.type} ({event.id})"))
                     break
         await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
-        messages = [suppressed_message(d, reason) for d, reason in cancelled]
+        messages = [
+            suppressed_message({**d, "context": jsontext.loads(d["context_json"])}, reason)
+            for d, reason in cancelled
+        ]
         await self.outbox.add(conn, messages, now)
 
 

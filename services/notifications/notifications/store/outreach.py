@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import Text, and_, bindparam, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
@@ -40,9 +40,32 @@ CUSTOMER_DEFAULTS: dict[str, Any] = {
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
 _CUSTOMERS = select(customers).where(customers.c.customer_id.in_(_IDS))
 _ACTIVE_RULES = select(rules).where(rules.c.enabled.is_(True))
+# What cancelling needs, and the context as stored (JSON text), parsed only for the messages
+# cancelled. The status is matched as `status || ''`, which no index serves: without table
+# statistics SQLite otherwise read the (status, due_at) index, i.e. every waiting message of
+# every customer, for each consumed batch (19-25 ms a batch with 22,000 waiting against
+# 2.9 ms by the customer index, measured on a copy of the CDNOW replay's database).
 _CANCELLABLE = (
-    select(deliveries)
-    .where(deliveries.c.customer_id.in_(_IDS), deliveries.c.status.in_(("scheduled", "held")))
+    select(
+        *(
+            deliveries.c[name]
+            for name in (
+                "id",
+                "customer_id",
+                "rule_id",
+                "channel",
+                "template",
+                "cancel_on",
+                "trigger_event_id",
+                "trigger_time",
+            )
+        ),
+        cast(deliveries.c.context, Text).label("context_json"),
+    )
+    .where(
+        deliveries.c.customer_id.in_(_IDS),
+        deliveries.c.status.concat("").in_(("scheduled", "held")),
+    )
     .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
 )
 _DUE = (
@@ -205,7 +228,8 @@ async def add_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
 
 
 async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """These customers' messages not sent yet, by customer in the order they were made."""
+    """These customers' messages not sent yet, by customer in the order they were made:
+    what cancelling one needs, its context still as JSON text (`context_json`)."""
     wanted = sorted(set(customer_ids))
     found: list[dict[str, Any]] = []
     for start in range(0, len(wanted), 1000):
