@@ -108,10 +108,27 @@ async def test_a_late_purchase_is_published_as_corrections_of_the_history(
     assert sum(t["superseded"] for t in everything) == 3  # dormant, churned, won back
     after = await published(app)
     assert [c["to_stage"] for c in after][-2:] == ["active", "active"]
-    # The correction names the three it replaces: what they set off no longer applies.
+    # The correction names the entries the history no longer has: the silence; "active"
+    # (the win-back) is still entered, earlier and for another cause.
     assert [c["to_stage"] for c in before[-3:]] == ["dormant", "churned", "active"]
-    assert after[-1]["supersedes"] == [c["id"] for c in before[-3:]]
+    assert after[-1]["supersedes"] == [c["id"] for c in before[-3:-1]]
     assert all(c["supersedes"] == [] for c in before)
+
+
+async def test_a_late_first_purchase_moves_the_entry_into_new_without_undoing_it(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The customer became new either way, only earlier: the corrected history names nothing
+    as replaced, so what the first entry set off (a welcome) stands."""
+    await apply(app, [purchase("c3", day=50)])
+    await apply(app, [purchase("c3", day=10, event_id="earlier")])
+    history = (await client.get("/v1/customers/c3/transitions")).json()
+    assert [(t["to_stage"], t["caused_by"]) for t in history][-2:] == [
+        ("new", "earlier"),
+        ("active", history[-1]["caused_by"]),
+    ]
+    corrected = [c for c in await published(app) if c["customer_id"] == "c3" and c["correction"]]
+    assert corrected and all(c["supersedes"] == [] for c in corrected)
 
 
 async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_holds_again(

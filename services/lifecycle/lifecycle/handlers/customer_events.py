@@ -148,10 +148,16 @@ class Lifecycle:
             keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
             restated = Counter(r["to_stage"] for r in old[keep:])
-            # The first new transition names the published ones the history no longer holds
-            # (one published again unchanged still holds).
-            again = {t.key for t in history[keep:]}
-            replaced = [r["event_id"] for r in old[keep:] if _key(r) not in again]
+            # The first new transition names the published stage entries the history no
+            # longer has at all: an entry it still has, at another time or for another cause,
+            # still happened (the customer did become new), so what it set off stands.
+            again = Counter(t.to_stage for t in history[keep:])
+            replaced = []
+            for r in old[keep:]:
+                if again[r["to_stage"]] > 0:
+                    again[r["to_stage"]] -= 1
+                else:
+                    replaced.append(r["event_id"])
             for seq, t in enumerate(history[keep:], start=keep):
                 # A correction restates a stage entry published before (at another time or
                 # for another cause); an entry never published is news, correction or not.
