@@ -244,9 +244,10 @@ class StageChanged(EventData):
     supersedes: list[str] = Field(
         default_factory=list,
         max_length=10_000,
-        description="ids of stage changes published before that the corrected history no "
-        "longer holds (on the first change of a corrected history): what they set off, such "
-        "as a message not sent yet, no longer applies",
+        description="ids of stage changes published before whose stage the corrected "
+        "history no longer enters (on the first change of a corrected history; an entry "
+        "it still has, at another time or for another cause, is not listed): what they set "
+        "off, such as a message not sent yet, no longer applies",
     )
 
 
