@@ -288,15 +288,16 @@ def _common_prefix(old: list[dict[str, Any]], new: list[Transition]) -> int:
     """How many transitions at the start of the published history the replay confirms."""
     count = 0
     for row, t in zip(old, new, strict=False):
-        if _key(row) != t.key:
+        if (
+            row["from_stage"],
+            row["to_stage"],
+            row["reason"],
+            row["caused_by"],
+            row["occurred_at"],
+        ) != t.key:
             break
         count += 1
     return count
-
-
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A stored transition's `Transition.key`."""
-    return (row["from_stage"], row["to_stage"], row["reason"], row["caused_by"], row["occurred_at"])
 
 
 __all__ = ["CustomerState", "Lifecycle", "Recomputed"]
