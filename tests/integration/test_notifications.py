@@ -424,6 +424,27 @@ async def test_a_stage_change_corrected_away_in_the_same_batch_schedules_nothing
     assert await logged_triggers(app, "c9") == []
 
 
+async def test_a_merged_contacts_waiting_messages_are_suppressed(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """Once a contact is merged into another, the survivor's history (which holds both)
+    decides what is sent: the merged contact's waiting win-back is not sent."""
+    await feed(app, [*contact("c10", NOON), stage("c10", "churned", NOON)])
+    await feed(app, [*contact("c11", NOON)])
+    merged = ev(
+        "crm.contact.merged.v1",
+        "c11",
+        {"survivor_id": "c11", "merged_ids": ["c10"]},
+        NOON + timedelta(hours=1),
+    )
+    await feed(app, [merged])
+    [suppressed] = await deliveries(client, "c10")
+    assert suppressed["status"] == "suppressed"
+    assert suppressed["reason"] == "the contact was merged into c11"
+    await dispatch(app, NOON + 7 * DAY)
+    assert smtp.to("c10@example.com") == []
+
+
 async def test_a_restart_in_the_middle_of_sending_is_reported_not_repeated(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:

@@ -4,7 +4,9 @@ and triggering event, however often the event is delivered).
 
 A stage change lifecycle corrected away (named in a later change's `supersedes`: a late
 event showed the customer never went silent, say) no longer triggers anything: the messages
-it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log."""
+it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log.
+So are the waiting messages of a contact merged into another: the survivor's history, which
+now holds both, decides what is sent."""
 
 from __future__ import annotations
 
@@ -58,12 +60,19 @@ class Triggers:
         if superseded:  # the corrected-away changes of this batch fire nothing either
             fired = [t for t in fired if t.event_id not in superseded]
             await forget_triggers_of(conn, superseded)
+        merged = {
+            gone: event.data.survivor_id
+            for event in events
+            if isinstance(event.data, ContactMerged)
+            for gone in event.data.merged_ids
+        }
+        fired = [t for t in fired if t.customer_id not in merged]
         # Only the views an event changed (a purchase changes none) are written back.
         changed = [{**v, "updated_at": now} for i, v in views.items() if stored.get(i) != v]
         await outreach.save_customers(conn, changed)
         erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
         await outreach.forget_customers(conn, erased, now)
-        await self._cancel(conn, events, now, superseded)
+        await self._cancel(conn, events, now, superseded, merged)
         await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now, causes=Causes(events))
 
@@ -102,16 +111,21 @@ class Triggers:
         events: list[Event[EventData]],
         now: datetime,
         superseded: dict[str, str],
+        merged: dict[str, str],
     ) -> None:
         """A scheduled message whose rule names this event type is cancelled (for instance
         the win-back mail when the customer buys before it goes out), by the first such
-        event of the batch, and so is one whose trigger was corrected away; all of them in
-        one statement."""
+        event of the batch, and so is one whose trigger was corrected away or whose contact
+        was merged into another; all of them in one statement."""
         by_customer: dict[str, list[Event[EventData]]] = defaultdict(list)
         for event in events:
             by_customer[event.subject].append(event)
         cancelled: list[tuple[dict[str, Any], str]] = []
-        for delivery in await outreach.cancellable(conn, by_customer):
+        for delivery in await outreach.cancellable(conn, by_customer.keys() | merged.keys()):
+            survivor = merged.get(delivery["customer_id"])
+            if survivor is not None:
+                cancelled.append((delivery, f"the contact was merged into {survivor}"))
+                continue
             correction = superseded.get(delivery["trigger_event_id"])
             if correction is not None:
                 reason = f"its trigger was corrected away (lifecycle's {correction})"
