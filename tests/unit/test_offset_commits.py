@@ -78,6 +78,21 @@ class Processor:
         self.applied += [r.offset for r in records]
 
 
+def busy_stream() -> ScriptedConsumer:
+    """A consumer handed a batch every millisecond (never an idle fetch), commits answered
+    at once."""
+    kafka = ScriptedConsumer(batches=1_000_000)
+    kafka.release.set()
+    scripted = kafka.getmany
+
+    async def busy(timeout_ms: int, max_records: int) -> Any:
+        await asyncio.sleep(0.001)
+        return await scripted(timeout_ms, max_records)
+
+    kafka.getmany = busy  # type: ignore[method-assign]
+    return kafka
+
+
 def interval_loop(kafka: ScriptedConsumer, processor: Processor) -> BatchConsumer:
     """A loop that commits at most once a minute while batches keep coming."""
     return BatchConsumer(processor, lambda: kafka, Metrics("t"), commit_interval=60)  # type: ignore[arg-type]
@@ -137,15 +152,7 @@ async def test_within_the_interval_offsets_wait_and_an_idle_fetch_commits_the_la
 
 
 async def test_a_stop_commits_the_offsets_the_interval_held_back() -> None:
-    kafka, processor = ScriptedConsumer(batches=1_000_000), Processor()
-    kafka.release.set()
-    scripted = kafka.getmany
-
-    async def busy(timeout_ms: int, max_records: int) -> Any:
-        await asyncio.sleep(0.001)  # a batch every millisecond: never an idle fetch
-        return await scripted(timeout_ms, max_records)
-
-    kafka.getmany = busy  # type: ignore[method-assign]
+    kafka, processor = busy_stream(), Processor()
     loop = interval_loop(kafka, processor)
     task = asyncio.create_task(loop.run())
     await until(lambda: len(processor.applied) >= 20)
@@ -174,15 +181,7 @@ async def test_offsets_of_partitions_no_longer_assigned_are_not_committed() -> N
 
 
 async def test_a_rebalance_commits_what_was_applied_from_the_partitions_it_takes_away() -> None:
-    kafka, processor = ScriptedConsumer(batches=1_000_000), Processor()
-    kafka.release.set()
-    scripted = kafka.getmany
-
-    async def busy(timeout_ms: int, max_records: int) -> Any:
-        await asyncio.sleep(0.001)  # a batch every millisecond: never an idle fetch
-        return await scripted(timeout_ms, max_records)
-
-    kafka.getmany = busy  # type: ignore[method-assign]
+    kafka, processor = busy_stream(), Processor()
     loop = interval_loop(kafka, processor)
     task = asyncio.create_task(loop.run())
     try:

@@ -135,3 +135,13 @@ def add_outbox_parking_v2() -> None:
     op.create_index(
         "ix_outbox_parked", "outbox", ["id"], postgresql_where=parked, sqlite_where=parked
     )
+
+
+def drop_outbox_parking_v2() -> None:
+    """Undo `add_outbox_parking_v2`."""
+    from alembic import op
+
+    op.drop_index("ix_outbox_parked", table_name="outbox")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("parked_reason")
+        batch.drop_column("parked_at")

@@ -7,7 +7,7 @@ Create Date: 2026-11-24
 
 from collections.abc import Sequence
 
-from crm_shared.store.migrations import add_outbox_parking_v2
+from crm_shared.store.migrations import add_outbox_parking_v2, drop_outbox_parking_v2
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -20,9 +20,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    from alembic import op
-
-    op.drop_index("ix_outbox_parked", table_name="outbox")
-    with op.batch_alter_table("outbox") as batch:
-        batch.drop_column("parked_reason")
-        batch.drop_column("parked_at")
+    drop_outbox_parking_v2()
