@@ -188,10 +188,11 @@ async def test_a_rebalance_commits_what_was_applied_from_the_partitions_it_takes
         await until(lambda: len(processor.applied) >= 20)
         assert kafka.log == ["commit 1 asked", "commit 1 done"]
         kafka.release.clear()  # the broker takes its time with the next commit
+        applied_before = len(processor.applied)
         revoking = asyncio.create_task(kafka.listener.on_partitions_revoked({TP}))
         await until(lambda: len(kafka.log) == 3)
         applied = int(kafka.log[2].split()[1])
-        assert kafka.log[2] == f"commit {applied} asked" and applied > 20
+        assert kafka.log[2] == f"commit {applied} asked" and applied >= applied_before
         await asyncio.sleep(0.1)
         assert not revoking.done()  # the rebalance waits for the commit
         kafka.release.set()
