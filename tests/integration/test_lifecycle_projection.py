@@ -112,7 +112,8 @@ async def test_a_late_purchase_is_published_as_corrections_of_the_history(
     # (the win-back) is still entered, earlier and for another cause.
     assert [c["to_stage"] for c in before[-3:]] == ["dormant", "churned", "active"]
     assert after[-1]["supersedes"] == [c["id"] for c in before[-3:-1]]
-    assert all(c["supersedes"] == [] for c in before)
+    assert after[-1]["restates"] == before[-1]["id"]  # the win-back's entry into "active"
+    assert all(c["supersedes"] == [] and c["restates"] is None for c in before)
 
 
 async def test_a_late_first_purchase_moves_the_entry_into_new_without_undoing_it(
@@ -121,6 +122,9 @@ async def test_a_late_first_purchase_moves_the_entry_into_new_without_undoing_it
     """The customer became new either way, only earlier: the corrected history names nothing
     as replaced, so what the first entry set off (a welcome) stands."""
     await apply(app, [purchase("c3", day=50)])
+    [first_new] = [
+        c for c in await published(app) if c["customer_id"] == "c3" and c["to_stage"] == "new"
+    ]
     await apply(app, [purchase("c3", day=10, event_id="earlier")])
     history = (await client.get("/v1/customers/c3/transitions")).json()
     assert [(t["to_stage"], t["caused_by"]) for t in history][-2:] == [
@@ -129,6 +133,9 @@ async def test_a_late_first_purchase_moves_the_entry_into_new_without_undoing_it
     ]
     corrected = [c for c in await published(app) if c["customer_id"] == "c3" and c["correction"]]
     assert corrected and all(c["supersedes"] == [] for c in corrected)
+    # The entry into "new" restates the first one, which hands it what that set off (so
+    # does the entry into "prospect"); the entry into "active" is news, no correction.
+    assert [(c["to_stage"], c["restates"]) for c in corrected][1:] == [("new", first_new["id"])]
 
 
 async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_holds_again(
@@ -147,6 +154,9 @@ async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_ho
     last = [c for c in await published(app) if c["customer_id"] == "c1"][-1]
     assert (last["from_stage"], last["to_stage"], last["correction"]) == ("new", "active", True)
     assert last["supersedes"] == [dormant["id"]]  # "active" holds still; "dormant" does not
+    told = [c for c in await published(app) if c["customer_id"] == "c1"]
+    active = [c for c in told if c["to_stage"] == "active" and not c["correction"]][-1]
+    assert last["restates"] == active["id"]
 
 
 async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(

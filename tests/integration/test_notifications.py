@@ -96,19 +96,22 @@ def stage(
     correction: bool = False,
     event_id: str | None = None,
     supersedes: list[str] | None = None,
+    restates: str | None = None,
+    from_stage: str = "active",
 ) -> Event[EventData]:
     return ev(
         "crm.lifecycle.stage_changed.v1",
         customer,
         {
             "customer_id": customer,
-            "from_stage": "active",
+            "from_stage": from_stage,
             "to_stage": to,
             "reason": "inactivity",
             "occurred_at": at.isoformat(),
             "policy_version": "default-1",
-            "correction": correction,
+            "correction": correction or restates is not None,
             "supersedes": supersedes or [],
+            "restates": restates,
         },
         at,
         event_id,
@@ -422,6 +425,103 @@ async def test_a_stage_change_corrected_away_in_the_same_batch_schedules_nothing
     await feed(app, [*contact("c9", NOON), stage("c9", "churned", NOON, event_id=gone), corrected])
     assert await deliveries(client, "c9") == []
     assert await logged_triggers(app, "c9") == []
+
+
+async def test_a_restated_stage_entry_moves_its_waiting_message_to_the_new_time(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """A late purchase put the dormancy off by ten days: the wake-up mail goes out three days
+    after the new dormancy, not the old one, and only a purchase after the new dormancy
+    cancels it."""
+    await feed(app, [*contact("m1", NOON), stage("m1", "dormant", NOON, event_id="m1-a")])
+    [scheduled] = await deliveries(client, "m1")
+    assert scheduled["due_at"] == "2026-06-13T10:00:00Z"
+    later = stage("m1", "dormant", NOON + 10 * DAY, event_id="m1-b", restates="m1-a")
+    bought = ev("crm.purchase.completed.v1", "m1", PURCHASE, NOON + 5 * DAY)
+    await feed(app, [later, bought])  # bought before the dormancy as it now stands
+    [moved] = await deliveries(client, "m1")
+    assert (moved["id"], moved["status"]) == (scheduled["id"], "scheduled")
+    assert moved["due_at"] == "2026-06-23T10:00:00Z"
+    trigger = moved["context"]["trigger"]
+    assert (trigger["event_id"], trigger["time"]) == ("m1-b", later.time.isoformat())
+    logged = await logged_triggers(app, "m1")
+    assert "m1-a" not in logged and logged.count("m1-b") == 2  # entered, and left active
+    assert (await dispatch(app, NOON + 3 * DAY + timedelta(hours=1))).sent == 0
+    assert (await dispatch(app, NOON + 13 * DAY + timedelta(hours=1))).sent == 1
+    assert len(smtp.to("m1@example.com")) == 1
+
+
+async def test_a_purchase_after_the_restated_entry_cancels_its_moved_message(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, [*contact("m2", NOON), stage("m2", "dormant", NOON, event_id="m2-a")])
+    later = stage("m2", "dormant", NOON + 10 * DAY, event_id="m2-b", restates="m2-a")
+    bought = ev("crm.purchase.completed.v1", "m2", PURCHASE, NOON + 11 * DAY, "m2-buy")
+    await feed(app, [later, bought])
+    [cancelled] = await deliveries(client, "m2")
+    assert cancelled["status"] == "suppressed"
+    assert cancelled["reason"] == "cancelled by crm.purchase.completed.v1 (m2-buy)"
+
+
+async def test_a_correction_of_a_correction_reaches_the_message_of_the_first_entry(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """Restated twice in one batch, the message follows the last restatement; when that one
+    is corrected away, the message is suppressed and its triggers leave the dry-run log."""
+    await feed(app, [*contact("m3", NOON), stage("m3", "churned", NOON, event_id="m3-a")])
+    await feed(
+        app,
+        [
+            stage("m3", "churned", NOON + DAY, event_id="m3-b", restates="m3-a"),
+            stage("m3", "churned", NOON + 2 * DAY, event_id="m3-c", restates="m3-b"),
+        ],
+    )
+    [moved] = await deliveries(client, "m3")
+    assert moved["due_at"] == "2026-06-12T10:00:00Z"  # win-back has no delay
+    assert moved["context"]["trigger"]["event_id"] == "m3-c"
+    assert set(await logged_triggers(app, "m3")) == {"m3-c"}
+    undone = stage("m3", "active", NOON - DAY, correction=True, supersedes=["m3-c"])
+    await feed(app, [undone])
+    [suppressed] = await deliveries(client, "m3")
+    assert suppressed["status"] == "suppressed"
+    assert suppressed["reason"] == f"its trigger was corrected away (lifecycle's {undone.id})"
+    assert await logged_triggers(app, "m3") == []
+    await dispatch(app, NOON + 7 * DAY)
+    assert smtp.to("m3@example.com") == []
+
+
+async def test_a_restatement_corrected_away_in_the_same_batch_suppresses_the_message(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, [*contact("m5", NOON), stage("m5", "churned", NOON, event_id="m5-a")])
+    undone = stage("m5", "active", NOON - DAY, correction=True, supersedes=["m5-b"])
+    await feed(app, [stage("m5", "churned", NOON + DAY, event_id="m5-b", restates="m5-a"), undone])
+    [suppressed] = await deliveries(client, "m5")
+    assert suppressed["reason"] == f"its trigger was corrected away (lifecycle's {undone.id})"
+    assert await logged_triggers(app, "m5") == []
+
+
+async def test_a_restated_entry_that_left_another_stage_drops_the_stage_left_message(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A rule on leaving "active": the customer left "active" for "dormant" at noon; the
+    correction has them go dormant from "new" instead, so they never left "active"."""
+    rule = (await client.get("/v1/rules/wake_up")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    left_active = {**body, "trigger": {"kind": "stage_left", "stage": "active"}, "cancel_on": []}
+    assert (await client.put("/v1/rules/left_active", json=left_active)).status_code in (200, 201)
+    await client.put("/v1/rules/wake_up", json={**body, "enabled": False})
+    await feed(app, [*contact("m4", NOON), stage("m4", "dormant", NOON, event_id="m4-a")])
+    [scheduled] = await deliveries(client, "m4")
+    assert scheduled["rule_id"] == "left_active"
+    assert scheduled["context"]["trigger"]["left"] == "active"
+    again = stage("m4", "dormant", NOON + DAY, event_id="m4-b", restates="m4-a", from_stage="new")
+    await feed(app, [again])
+    [dropped] = await deliveries(client, "m4")
+    assert dropped["status"] == "suppressed"
+    assert dropped["reason"] == (
+        "its trigger was corrected away (lifecycle's m4-b left new, not active)"
+    )
 
 
 async def test_a_merged_contacts_waiting_messages_are_suppressed(

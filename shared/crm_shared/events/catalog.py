@@ -241,6 +241,14 @@ class StageChanged(EventData):
     occurred_at: datetime
     policy_version: str
     correction: bool = False
+    restates: str | None = Field(
+        default=None,
+        max_length=200,
+        description="on a correction, the id of the stage change published before that it "
+        "restates: the customer entered this stage either way, at another time or for "
+        "another cause, so what that entry set off (a message not sent yet) now follows "
+        "this one, its time included",
+    )
     supersedes: list[str] = Field(
         default_factory=list,
         max_length=10_000,

@@ -16,7 +16,7 @@ history as a replay (`tests/integration/test_lifecycle_fold_paths.py`).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,14 +120,14 @@ class Lifecycle:
         messages: list[OutgoingMessage] = []
         recorded = self.wall()
 
-        def add(t: Transition, seq: int, correction: bool, supersedes: list[str]) -> None:
+        def add(t: Transition, seq: int, restates: str | None, supersedes: list[str]) -> None:
             row = stages.transition_row(
-                t, seq=seq, correction=correction, policy=self.policy, now=recorded
+                t, seq=seq, correction=restates is not None, policy=self.policy, now=recorded
             )
             rows.append(row)
             if publish:  # a rebuild publishes nothing: building messages is wasted work
                 trace = causes.trace(t.customer_id, t.caused_by)
-                messages.append(self._message(t, row, trace, supersedes))
+                messages.append(self._message(t, row, trace, restates, supersedes))
 
         for customer_id in sorted(continued):
             before, ordered = continued[customer_id]
@@ -135,7 +135,7 @@ class Lifecycle:
             state, added = fold(before.state, ordered, self.policy, now)
             assert state is not None  # folding from a state never ends without one
             for seq, t in enumerate(added, start=before.head.next_seq):
-                add(t, seq, correction=False, supersedes=[])
+                add(t, seq, restates=None, supersedes=[])
             heads[customer_id] = before.head.advanced(ordered, len(added))
             states.append(state)
         for customer_id in sorted(replayed):
@@ -147,23 +147,21 @@ class Lifecycle:
             old = published.get(customer_id, [])
             keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
-            restated = Counter(r["to_stage"] for r in old[keep:])
-            # The first new transition names the published stage entries the history no
-            # longer has at all: an entry it still has, at another time or for another cause,
-            # still happened (the customer did become new), so what it set off stands.
-            again = Counter(t.to_stage for t in history[keep:])
-            replaced = []
+            # A new entry into a stage the replaced tail entered too is a correction: it
+            # restates that published entry (the first for the first, in order) at another
+            # time or for another cause, and names it in `restates`, so what the entry set off
+            # follows it. An entry never published is news, correction or not. The first new
+            # transition names in `supersedes` the published entries left over: the history no
+            # longer has them at all.
+            unmatched: dict[str, deque[str]] = defaultdict(deque)
             for r in old[keep:]:
-                if again[r["to_stage"]] > 0:
-                    again[r["to_stage"]] -= 1
-                else:
-                    replaced.append(r["event_id"])
-            for seq, t in enumerate(history[keep:], start=keep):
-                # A correction restates a stage entry published before (at another time or
-                # for another cause); an entry never published is news, correction or not.
-                correction = restated[t.to_stage] > 0
-                restated[t.to_stage] -= 1
-                add(t, seq, correction, supersedes=replaced if seq == keep else [])
+                unmatched[r["to_stage"]].append(r["event_id"])
+            restates = [_pop(unmatched.get(t.to_stage)) for t in history[keep:]]
+            left = {i for ids in unmatched.values() for i in ids}
+            replaced = [r["event_id"] for r in old[keep:] if r["event_id"] in left]
+            news = zip(history[keep:], restates, strict=True)
+            for seq, (t, restated) in enumerate(news, start=keep):
+                add(t, seq, restated, supersedes=replaced if seq == keep else [])
             if state is None:
                 gone.append(customer_id)
             else:
@@ -249,6 +247,7 @@ class Lifecycle:
         t: Transition,
         row: dict[str, Any],
         trace: TraceContext | None,
+        restates: str | None,
         supersedes: list[str],
     ) -> OutgoingMessage:
         data = StageChanged(
@@ -260,6 +259,7 @@ class Lifecycle:
             occurred_at=t.occurred_at,
             policy_version=self.policy.version,
             correction=row["correction"],
+            restates=restates,
             supersedes=supersedes,
         )
         event = new_event(
@@ -272,6 +272,10 @@ class Lifecycle:
             trace=trace,
         )
         return OutgoingMessage(topic=LIFECYCLE, key=t.customer_id, event=event)
+
+
+def _pop(ids: deque[str] | None) -> str | None:
+    return ids.popleft() if ids else None
 
 
 def _restating_the_last(old: list[dict[str, Any]], new: list[Transition], keep: int) -> int:

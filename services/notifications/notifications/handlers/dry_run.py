@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.bulk import insert_rows
@@ -50,6 +50,21 @@ async def forget_triggers_of(conn: AsyncConnection, event_ids: Iterable[str]) ->
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         await conn.execute(delete(trigger_log).where(trigger_log.c.event_id.in_(chunk)))
+
+
+async def move_triggers(conn: AsyncConnection, moves: dict[str, tuple[str, datetime]]) -> None:
+    """Hand the triggers of these events to others (old id -> new id and time): stage
+    changes a correction restates at another time, so a dry run sees them when they now
+    happened, and a later supersede of the correction takes them out."""
+    rows = [{"old": old, "new": new, "at": at} for old, (new, at) in sorted(moves.items())]
+    await conn.execute(_MOVE_TRIGGERS, rows)
+
+
+_MOVE_TRIGGERS = (
+    update(trigger_log)
+    .where(trigger_log.c.event_id == bindparam("old"))
+    .values(event_id=bindparam("new"), time=bindparam("at"))
+)
 
 
 async def forget_triggers(conn: AsyncConnection, now: datetime) -> int:

@@ -6,12 +6,16 @@ A stage change lifecycle corrected away (named in a later change's `supersedes`:
 event showed the customer never went silent, say) no longer triggers anything: the messages
 it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log.
 So are the waiting messages of a contact merged into another: the survivor's history, which
-now holds both, decides what is sent."""
+now holds both, decides what is sent. A stage change a correction restates (the customer
+entered the stage at another time: a late purchase put the dormancy off) hands its waiting
+messages and its logged triggers to the correction: they keep their delay after the new
+time, and a later supersede of the correction reaches them."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +38,7 @@ from crm_shared.ids import new_id
 from crm_shared.store import jsontext
 from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
-from notifications.handlers.dry_run import forget_triggers_of, log_triggers
+from notifications.handlers.dry_run import forget_triggers_of, log_triggers, move_triggers
 from notifications.handlers.messages import suppressed_message
 from notifications.store import outreach
 
@@ -57,6 +61,9 @@ class Triggers:
             fired += _observe(view, event)
             self._tick(event.time)
         superseded = _superseded(events)
+        restated = _restated(events)
+        if restated:
+            await move_triggers(conn, {old: (new.id, new.time) for old, new in restated.items()})
         if superseded:  # the corrected-away changes of this batch fire nothing either
             fired = [t for t in fired if t.event_id not in superseded]
             await forget_triggers_of(conn, superseded)
@@ -72,7 +79,7 @@ class Triggers:
         await outreach.save_customers(conn, changed)
         erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
         await outreach.forget_customers(conn, erased, now)
-        await self._cancel(conn, events, now, superseded, merged)
+        await self._revise(conn, events, now, superseded, restated, merged)
         await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now, causes=Causes(events))
 
@@ -105,37 +112,73 @@ class Triggers:
         ]
         await outreach.add_deliveries(conn, rows)
 
-    async def _cancel(
+    async def _revise(
         self,
         conn: AsyncConnection,
         events: list[Event[EventData]],
         now: datetime,
         superseded: dict[str, str],
+        restated: dict[str, Restating],
         merged: dict[str, str],
     ) -> None:
-        """A scheduled message whose rule names this event type is cancelled (for instance
-        the win-back mail when the customer buys before it goes out), by the first such
-        event of the batch, and so is one whose trigger was corrected away or whose contact
-        was merged into another; all of them in one statement."""
+        """Cancel a scheduled message whose rule names this event type (for instance the
+        win-back mail when the customer buys before it goes out), by the first such event of
+        the batch, and one whose trigger was corrected away or whose contact was merged into
+        another; move one whose trigger a correction restates to the correction's time.
+        Each in one statement."""
         by_customer: dict[str, list[Event[EventData]]] = defaultdict(list)
         for event in events:
             by_customer[event.subject].append(event)
         cancelled: list[tuple[dict[str, Any], str]] = []
+        moved: list[dict[str, Any]] = []
         for delivery in await outreach.cancellable(conn, by_customer.keys() | merged.keys()):
             survivor = merged.get(delivery["customer_id"])
             if survivor is not None:
                 cancelled.append((delivery, f"the contact was merged into {survivor}"))
                 continue
-            correction = superseded.get(delivery["trigger_event_id"])
+            trigger_id, trigger_time = delivery["trigger_event_id"], delivery["trigger_time"]
+            move = restated.get(trigger_id)
+            context: dict[str, Any] | None = None
+            if move is not None:
+                trigger_id, trigger_time = move.id, move.time
+                context = jsontext.loads(delivery["context_json"])
+                left = context["trigger"].get("left")
+                if delivery["trigger_kind"] == "stage_left" and left != move.from_stage:
+                    reason = (
+                        f"its trigger was corrected away (lifecycle's {move.id} left "
+                        f"{move.from_stage}, not {left})"
+                    )
+                    cancelled.append((delivery, reason))
+                    continue
+            correction = superseded.get(delivery["trigger_event_id"]) or superseded.get(trigger_id)
             if correction is not None:
                 reason = f"its trigger was corrected away (lifecycle's {correction})"
                 cancelled.append((delivery, reason))
                 continue
-            for event in by_customer[delivery["customer_id"]]:
-                if event.type in delivery["cancel_on"] and event.time >= delivery["trigger_time"]:
-                    cancelled.append((delivery, f"cancelled by {event.type} ({event.id})"))
-                    break
+            cancel = next(
+                (
+                    e
+                    for e in by_customer[delivery["customer_id"]]
+                    if e.type in delivery["cancel_on"] and e.time >= trigger_time
+                ),
+                None,
+            )
+            if cancel is not None:
+                cancelled.append((delivery, f"cancelled by {cancel.type} ({cancel.id})"))
+            elif move is not None and context is not None:
+                context["trigger"].update(event_id=move.id, time=move.time.isoformat())
+                moved.append(
+                    {
+                        "delivery_id": delivery["id"],
+                        "trigger": move.id,
+                        "trigger_time": move.time,
+                        "due": delivery["due_at"] + (move.time - delivery["trigger_time"]),
+                        "context": context,
+                        "at": now,
+                    }
+                )
         await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
+        await outreach.move(conn, moved)
         messages = [
             suppressed_message({**d, "context": jsontext.loads(d["context_json"])}, reason)
             for d, reason in cancelled
@@ -151,6 +194,30 @@ def _superseded(events: list[Event[EventData]]) -> dict[str, str]:
         if isinstance(event.data, StageChanged)
         for gone in event.data.supersedes
     }
+
+
+@dataclass(frozen=True)
+class Restating:
+    """The correction that now stands for a published stage change."""
+
+    id: str
+    time: datetime
+    from_stage: str | None
+
+
+def _restated(events: list[Event[EventData]]) -> dict[str, Restating]:
+    """Stage changes a correction of this batch restates -> the correction standing for them
+    (a chain within the batch, A restated by B restated by C, ends at C for both)."""
+    restated: dict[str, Restating] = {}
+    chains: dict[str, list[str]] = {}  # a correction -> the ids it stands for
+    for event in events:
+        data = event.data
+        if isinstance(data, StageChanged) and data.restates is not None:
+            chain = [*chains.pop(data.restates, []), data.restates]
+            for old in chain:
+                restated[old] = Restating(event.id, event.time, data.from_stage)
+            chains[event.id] = chain
+    return restated
 
 
 def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent]:
@@ -234,6 +301,7 @@ def _delivery(
             "value": trigger.value,
             "event_id": trigger.event_id,
             "time": trigger.time.isoformat(),
+            **({"left": trigger.left} if trigger.left else {}),
             **({"traceparent": trace} if trace else {}),
         },
     }

@@ -56,7 +56,9 @@ _CANCELLABLE = (
                 "channel",
                 "template",
                 "cancel_on",
+                "due_at",
                 "trigger_event_id",
+                "trigger_kind",
                 "trigger_time",
             )
         ),
@@ -279,6 +281,26 @@ async def suppress(
     if reasons:
         rows = [{"delivery_id": i, "why": why, "at": now} for i, why in reasons]
         await conn.execute(_SUPPRESS_CLEARING if clear_error else _SUPPRESS, rows)
+
+
+_MOVE = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"))
+    .values(
+        due_at=bindparam("due"),
+        trigger_event_id=bindparam("trigger"),
+        trigger_time=bindparam("trigger_time"),
+        context=bindparam("context", type_=deliveries.c.context.type),
+        updated_at=bindparam("at"),
+    )
+)
+
+
+async def move(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Give these messages another trigger (its id and time), due time and context, in one
+    statement: each row has `delivery_id`, `trigger`, `trigger_time`, `due`, `context`, `at`."""
+    if rows:
+        await conn.execute(_MOVE, list(rows))
 
 
 # (customer id, channel) -> local date (ISO) -> messages sent or sending that day
