@@ -159,6 +159,44 @@ async def test_a_late_purchase_that_undoes_a_silence_publishes_the_stage_that_ho
     assert last["restates"] == active["id"]
 
 
+def unmerge(survivor: str, restored: str) -> Event[EventData]:
+    return CATALOG.validate(
+        CloudEvent.model_validate(
+            {
+                "specversion": "1.0",
+                "id": f"unmerge-{restored}",
+                "source": "crm/contacts",
+                "type": "crm.contact.unmerged.v1",
+                "subject": survivor,
+                "time": (T0 + timedelta(days=3)).isoformat(),
+                "data": {"survivor_id": survivor, "restored_id": restored},
+            }
+        )
+    )
+
+
+async def test_an_unmerged_contact_gets_its_history_back_without_it_being_news_again(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Consumers were told the restored contact's history before the merge, and nothing
+    since: publishing it again as news would welcome the customer a second time."""
+    await apply(app, [purchase("s", day=1), purchase("o", day=2)])
+    told = (await client.get("/v1/customers/o/transitions")).json()
+    await apply(app, [merge("s", "o")])
+    before = len(await published(app))
+    await apply(app, [unmerge("s", "o")])
+    after = (await published(app))[before:]
+    # The survivor is new again (its history loses the merged purchase); "o" has news for nobody.
+    assert [(c["customer_id"], c["to_stage"], c["correction"]) for c in after] == [
+        ("s", "new", True)
+    ]
+    assert (await client.get("/v1/customers/o/transitions")).json() == told
+    assert (await client.get("/v1/customers/o/stage")).json()["stage"] == "new"
+    await apply(app, [purchase("o", day=5)])  # and it goes on from there
+    [news] = (await published(app))[before + 1 :]
+    assert (news["customer_id"], news["to_stage"], news["correction"]) == ("o", "active", False)
+
+
 async def test_a_merge_makes_the_survivors_stage_reflect_both_histories(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:

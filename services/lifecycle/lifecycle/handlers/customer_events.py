@@ -111,12 +111,19 @@ class Lifecycle:
         replayed = ids - continued.keys()
         facts = await stages.facts_of(conn, replayed, self.policy)
         published = await stages.active_transitions(conn, replayed)
+        # A customer without a stored state has no history now: a new one, or one whose
+        # history went with a merge into another. What consumers were last told of the latter
+        # is what its new history corrects: a contact an unmerge restores gets its own history
+        # back, not a second welcome.
+        silent = [i for i in replayed if i not in stored and i not in published]
+        published.update(await stages.last_told(conn, silent) if silent else {})
         states: list[CustomerState] = []
         heads: dict[str, stages.Head] = {}
         gone: list[str] = []
         wake: dict[str, datetime] = {}
         rows: list[dict[str, Any]] = []
         superseded: list[int] = []
+        revived: list[int] = []
         messages: list[OutgoingMessage] = []
         recorded = self.wall()
 
@@ -147,6 +154,7 @@ class Lifecycle:
             old = published.get(customer_id, [])
             keep = _restating_the_last(old, history, _common_prefix(old, history))
             superseded += [r["id"] for r in old[keep:]]
+            revived += [r["id"] for r in old[:keep] if r["superseded"]]
             # A new entry into a stage the replaced tail entered too is a correction: it
             # restates that published entry (the first for the first, in order) at another
             # time or for another cause, and names it in `restates`, so what the entry set off
@@ -169,6 +177,7 @@ class Lifecycle:
                 heads[customer_id] = stages.Head(last.time, last.event_id, len(history))
                 states.append(state)
         await stages.supersede(conn, superseded)
+        await stages.supersede(conn, revived, superseded=False)
         await stages.insert_transitions(conn, rows)
         await stages.save_states(conn, states, self.policy, recorded, heads)
         await stages.set_wakeups(conn, wake, cleared=replayed)

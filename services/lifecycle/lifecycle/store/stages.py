@@ -104,12 +104,36 @@ async def active_transitions(
     return found
 
 
-async def supersede(conn: AsyncConnection, row_ids: Sequence[int]) -> None:
+_ALL_ROWS = (
+    select(stage_transitions)
+    .where(stage_transitions.c.customer_id.in_(_IDS))
+    .order_by(stage_transitions.c.customer_id, stage_transitions.c.id)
+)
+
+
+async def last_told(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The history consumers were told last of each customer with no history now (merged
+    into another), superseded as it is: its transitions in the order they were published,
+    each one replacing what was told from its place on."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in _chunks(list(set(ids))):
+        for row in await conn.execute(_ALL_ROWS, {"ids": chunk}):
+            told = found[row.customer_id]
+            del told[row.seq :]
+            told.append(dict(row._mapping))
+    return found
+
+
+async def supersede(
+    conn: AsyncConnection, row_ids: Sequence[int], *, superseded: bool = True
+) -> None:
+    """Mark these transitions superseded (or, `superseded=False`, part of the history again:
+    a restored customer's history that still holds)."""
     for chunk in _chunks(list(row_ids)):
         await conn.execute(
             update(stage_transitions)
             .where(stage_transitions.c.id.in_(chunk))
-            .values(superseded=True)
+            .values(superseded=superseded)
         )
 
 
