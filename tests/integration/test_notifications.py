@@ -269,6 +269,29 @@ async def test_one_batch_cancels_each_customers_messages_by_the_first_event_that
             assert not any(delivery["id"] in str(p) for p in published)
 
 
+async def test_a_message_is_cancelled_by_a_later_event_in_the_batch_that_triggers_it(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """The customer went dormant and bought a day later, both in one consumed batch (a
+    stage change and a purchase come from two topics): no wake-up mail. A rule cancelled by
+    the very type of event that triggers it is not cancelled by its own trigger."""
+    rule = (await client.get("/v1/rules/detractor_follow_up")).json()["rule"]
+    body = {k: v for k, v in rule.items() if k not in ("id", "version")}
+    feedback = "crm.feedback.submitted.v1"
+    await client.put("/v1/rules/detractor_follow_up", json={**body, "cancel_on": [feedback]})
+    bought = ev("crm.purchase.completed.v1", "s1", PURCHASE, NOON + DAY)
+    unhappy = ev(feedback, "s1", {"nps": 2, "comment": "slow"}, NOON + 2 * DAY)
+    await feed(app, [*contact("s1", NOON), bought, stage("s1", "dormant", NOON), unhappy])
+    outcomes = {d["rule_id"]: (d["status"], d["reason"]) for d in await deliveries(client, "s1")}
+    assert outcomes == {
+        "wake_up": ("suppressed", f"cancelled by crm.purchase.completed.v1 ({bought.id})"),
+        "detractor_follow_up": ("scheduled", None),
+    }
+    await dispatch(app, NOON + 7 * DAY)
+    assert [m["Subject"] for m in smtp.to("s1@example.com")] != []
+    assert all("wake" not in str(m).lower() for m in smtp.to("s1@example.com"))
+
+
 async def test_no_consent_no_marketing_mail(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:
@@ -543,6 +566,64 @@ async def test_a_merged_contacts_waiting_messages_are_suppressed(
     assert suppressed["reason"] == "the contact was merged into c11"
     await dispatch(app, NOON + 7 * DAY)
     assert smtp.to("c10@example.com") == []
+
+
+def merge_event(survivor: str, gone: str, at: datetime) -> Event[EventData]:
+    data = {"survivor_id": survivor, "merged_ids": [gone]}
+    return ev("crm.contact.merged.v1", survivor, data, at)
+
+
+def unmerge_event(survivor: str, restored: str, at: datetime) -> Event[EventData]:
+    data = {"survivor_id": survivor, "restored_id": restored}
+    return ev("crm.contact.unmerged.v1", survivor, data, at)
+
+
+async def test_an_unmerge_gives_the_restored_contact_its_waiting_messages_back(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("u1", NOON), stage("u1", "dormant", NOON), *contact("u2", NOON)])
+    await feed(app, [merge_event("u2", "u1", NOON + timedelta(hours=1))])
+    [suppressed] = await deliveries(client, "u1")
+    assert suppressed["status"] == "suppressed"
+    await feed(app, [unmerge_event("u2", "u1", NOON + timedelta(hours=2))])
+    [restored] = await deliveries(client, "u1")
+    assert (restored["status"], restored["reason"]) == ("scheduled", None)
+    assert restored["due_at"] == suppressed["due_at"]
+    assert (await dispatch(app, NOON + 4 * DAY)).sent == 1
+    assert len(smtp.to("u1@example.com")) == 1
+
+
+async def test_an_unmerge_leaves_suppressed_what_was_corrected_away_or_suppressed_otherwise(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The win-back's churn was corrected away while the contact was merged; the wake-up was
+    cancelled by a purchase before the merge: neither comes back."""
+    churned = str(uuid.uuid4())
+    bought = ev("crm.purchase.completed.v1", "u3", PURCHASE, NOON + timedelta(hours=1))
+    await feed(app, [*contact("u3", NOON), stage("u3", "dormant", NOON)])
+    await feed(app, [bought])
+    await feed(app, [stage("u3", "churned", NOON + DAY, event_id=churned), *contact("u4", NOON)])
+    await feed(app, [merge_event("u4", "u3", NOON + 2 * DAY)])
+    undone = stage("u3", "active", NOON, correction=True, supersedes=[churned])
+    await feed(app, [undone, unmerge_event("u4", "u3", NOON + 3 * DAY)])
+    reasons = {d["rule_id"]: (d["status"], d["reason"]) for d in await deliveries(client, "u3")}
+    assert reasons == {
+        "wake_up": ("suppressed", f"cancelled by crm.purchase.completed.v1 ({bought.id})"),
+        "win_back": ("suppressed", "the contact was merged into u4"),
+    }
+
+
+async def test_a_merge_and_its_unmerge_in_one_batch_leave_the_messages_waiting(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await feed(app, [*contact("u5", NOON), stage("u5", "churned", NOON), *contact("u6", NOON)])
+    later = NOON + timedelta(hours=1)
+    dormant = stage("u5", "dormant", later)  # its own again: its triggers count
+    await feed(app, [merge_event("u6", "u5", later), unmerge_event("u6", "u5", later), dormant])
+    waiting = {d["rule_id"]: d["status"] for d in await deliveries(client, "u5")}
+    assert waiting == {"win_back": "scheduled", "wake_up": "scheduled"}
+    await feed(app, [unmerge_event("u6", "u5", later), merge_event("u6", "u5", later)])
+    assert {d["status"] for d in await deliveries(client, "u5")} == {"suppressed"}
 
 
 async def test_a_restart_in_the_middle_of_sending_is_reported_not_repeated(

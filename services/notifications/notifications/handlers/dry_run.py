@@ -52,6 +52,17 @@ async def forget_triggers_of(conn: AsyncConnection, event_ids: Iterable[str]) ->
         await conn.execute(delete(trigger_log).where(trigger_log.c.event_id.in_(chunk)))
 
 
+async def logged(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
+    """Which of these events have triggers in the log."""
+    wanted = sorted(set(event_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        query = select(trigger_log.c.event_id).where(trigger_log.c.event_id.in_(chunk))
+        found.update((await conn.execute(query)).scalars())
+    return found
+
+
 async def move_triggers(conn: AsyncConnection, moves: dict[str, tuple[str, datetime]]) -> None:
     """Hand the triggers of these events to others (old id -> new id and time): stage
     changes a correction restates at another time, so a dry run sees them when they now

@@ -6,7 +6,8 @@ A stage change lifecycle corrected away (named in a later change's `supersedes`:
 event showed the customer never went silent, say) no longer triggers anything: the messages
 it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log.
 So are the waiting messages of a contact merged into another: the survivor's history, which
-now holds both, decides what is sent. A stage change a correction restates (the customer
+now holds both, decides what is sent; an unmerge gives them back where their trigger
+still stands. A stage change a correction restates (the customer
 entered the stage at another time: a late purchase put the dormancy off) hands its waiting
 messages and its logged triggers to the correction: they keep their delay after the new
 time, and a later supersede of the correction reaches them."""
@@ -28,6 +29,7 @@ from crm_shared.events.catalog import (
     ContactCreated,
     ContactErased,
     ContactMerged,
+    ContactUnmerged,
     ContactUpdated,
     FeedbackSubmitted,
     ScoreChanged,
@@ -38,7 +40,12 @@ from crm_shared.ids import new_id
 from crm_shared.store import jsontext
 from crm_shared.store.outbox import Outbox
 from notifications.domain.rules import Rule, TriggerEvent, fires, holds, idempotency_key
-from notifications.handlers.dry_run import forget_triggers_of, log_triggers, move_triggers
+from notifications.handlers.dry_run import (
+    forget_triggers_of,
+    log_triggers,
+    logged,
+    move_triggers,
+)
 from notifications.handlers.messages import suppressed_message
 from notifications.store import outreach
 
@@ -67,21 +74,19 @@ class Triggers:
         if superseded:  # the corrected-away changes of this batch fire nothing either
             fired = [t for t in fired if t.event_id not in superseded]
             await forget_triggers_of(conn, superseded)
-        merged = {
-            gone: event.data.survivor_id
-            for event in events
-            if isinstance(event.data, ContactMerged)
-            for gone in event.data.merged_ids
-        }
+        merged, unmerged = _merges(events)
         fired = [t for t in fired if t.customer_id not in merged]
         # Only the views an event changed (a purchase changes none) are written back.
         changed = [{**v, "updated_at": now} for i, v in views.items() if stored.get(i) != v]
         await outreach.save_customers(conn, changed)
         erased = [i for e in events if isinstance(e.data, ContactErased) for i in e.data.erased_ids]
         await outreach.forget_customers(conn, erased, now)
-        await self._revise(conn, events, now, superseded, restated, merged)
         await log_triggers(conn, fired)
         await self.schedule(conn, fired, views, now, causes=Causes(events))
+        # After scheduling: a later event of the same batch (a purchase the day after the
+        # dormancy, from another topic) cancels what the batch scheduled too.
+        await self._revise(conn, events, now, superseded, restated, merged)
+        await self._restore(conn, unmerged, now)
 
     def _tick(self, moment: datetime) -> None:
         if self.event_clock is None or moment > self.event_clock:
@@ -134,7 +139,7 @@ class Triggers:
         for delivery in await outreach.cancellable(conn, by_customer.keys() | merged.keys()):
             survivor = merged.get(delivery["customer_id"])
             if survivor is not None:
-                cancelled.append((delivery, f"the contact was merged into {survivor}"))
+                cancelled.append((delivery, merged_reason(survivor)))
                 continue
             trigger_id, trigger_time = delivery["trigger_event_id"], delivery["trigger_time"]
             move = restated.get(trigger_id)
@@ -159,7 +164,9 @@ class Triggers:
                 (
                     e
                     for e in by_customer[delivery["customer_id"]]
-                    if e.type in delivery["cancel_on"] and e.time >= trigger_time
+                    if e.type in delivery["cancel_on"]
+                    and e.time >= trigger_time
+                    and e.id != delivery["trigger_event_id"]
                 ),
                 None,
             )
@@ -184,6 +191,47 @@ class Triggers:
             for d, reason in cancelled
         ]
         await self.outbox.add(conn, messages, now)
+
+    async def _restore(
+        self, conn: AsyncConnection, unmerged: dict[str, str], now: datetime
+    ) -> None:
+        """Give contacts an unmerge restored the messages their merge suppressed, those whose
+        trigger still stands: it is in the dry-run log, which loses the triggers lifecycle
+        corrected away since (its history is the contact's own again)."""
+        if not unmerged:
+            return
+        reasons = {i: merged_reason(survivor) for i, survivor in unmerged.items()}
+        found = [
+            d
+            for d in await outreach.deliveries_of(conn, reasons.keys())
+            if d["status"] == "suppressed" and d["reason"] == reasons[d["customer_id"]]
+        ]
+        standing = await logged(conn, {d["trigger_event_id"] for d in found})
+        await outreach.reschedule(
+            conn, [d["id"] for d in found if d["trigger_event_id"] in standing], now
+        )
+
+
+def merged_reason(survivor: str) -> str:
+    """Why a merged contact's waiting message was suppressed (an unmerge looks for it)."""
+    return f"the contact was merged into {survivor}"
+
+
+def _merges(events: list[Event[EventData]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Contacts this batch merged into another and contacts it restored by an unmerge, each
+    -> the survivor; of a merge and an unmerge of one contact, the later counts."""
+    merged: dict[str, str] = {}
+    unmerged: dict[str, str] = {}
+    for event in events:
+        data = event.data
+        if isinstance(data, ContactMerged):
+            for gone in data.merged_ids:
+                merged[gone] = data.survivor_id
+                unmerged.pop(gone, None)
+        elif isinstance(data, ContactUnmerged):
+            unmerged[data.restored_id] = data.survivor_id
+            merged.pop(data.restored_id, None)
+    return merged, unmerged
 
 
 def _superseded(events: list[Event[EventData]]) -> dict[str, str]:

@@ -283,6 +283,30 @@ async def suppress(
         await conn.execute(_SUPPRESS_CLEARING if clear_error else _SUPPRESS, rows)
 
 
+async def deliveries_of(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Every message of these customers (id, customer, status, reason, trigger), read by the
+    customer index."""
+    wanted = sorted(set(customer_ids))
+    columns = ("id", "customer_id", "status", "reason", "trigger_event_id")
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(wanted), 1000):
+        query = select(*(deliveries.c[c] for c in columns)).where(
+            deliveries.c.customer_id.in_(wanted[start : start + 1000])
+        )
+        found += [dict(r._mapping) for r in await conn.execute(query)]
+    return found
+
+
+async def reschedule(conn: AsyncConnection, ids: Sequence[str], now: datetime) -> None:
+    """Suppressed messages waiting again (due when they were), their reason cleared."""
+    for start in range(0, len(ids), 1000):
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(ids[start : start + 1000]))
+            .values(status="scheduled", reason=None, updated_at=now)
+        )
+
+
 _MOVE = (
     update(deliveries)
     .where(deliveries.c.id == bindparam("delivery_id"))
