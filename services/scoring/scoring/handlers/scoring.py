@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.events import Event, EventData, new_event
-from crm_shared.events.catalog import ContactMerged, ScoreChanged, StageChanged
+from crm_shared.events.catalog import ContactMerged, ContactUnmerged, ScoreChanged, StageChanged
 from crm_shared.events.causes import Causes
 from crm_shared.messaging.topics import SCORES
 from crm_shared.store.db import Database
@@ -21,7 +20,7 @@ from crm_shared.tracecontext import TraceContext
 from scoring.domain.bgnbd import FitError
 from scoring.domain.clv import Horizon
 from scoring.domain.model import ScoringModel, fit, prior, score_many
-from scoring.domain.stats import CustomerStats, apply, merged
+from scoring.domain.stats import CustomerStats, apply
 from scoring.settings import ScoringSettings
 from scoring.store import scores, stats
 
@@ -81,7 +80,11 @@ class Scoring:
         latest = max((e.time for e in events), default=None)
         if latest is not None and (self.event_clock is None or latest > self.event_clock):
             self.event_clock = latest
-        due = {e.subject for e in events if rescores(e)} & known.keys()
+        subjects = {e.subject for e in events}
+        # Contacts an unmerge restored are no event's subject: they are scored afresh too.
+        due = (
+            {e.subject for e in events if rescores(e)} | (known.keys() - subjects)
+        ) & known.keys()
         await self.rescore(conn, due, causes=Causes(events), known=known)
         await scores.set_stages(conn, {i: known[i].stage for i in known.keys() - due})
 
@@ -105,7 +108,7 @@ class Scoring:
         current = (
             {i: known[i] for i in wanted if i in known}
             if known is not None
-            else await stats.load(conn, wanted)
+            else await stats.combined(conn, await stats.load(conn, wanted))
         )
         rows = score_many(list(current.values()), model, now, self.settings.risk_weights)
         await scores.save(conn, rows)
@@ -130,24 +133,35 @@ class Scoring:
     async def _fold(
         self, conn: AsyncConnection, events: list[Event[EventData]]
     ) -> dict[str, CustomerStats]:
-        """Fold the events into the statistics of their customers; return the statistics of
-        the customers they touched (merged-away ones excluded), as saved."""
+        """Fold the events into the statistics of their customers; return, as saved, the
+        statistics of the customers they touched or an unmerge restored, each with those of
+        the contacts merged into it (merged-away ones excluded).
+
+        A merged contact keeps its own statistics, marked with its survivor: the survivor's
+        scores count both while the merge stands, and an unmerge gives the restored contact
+        its own back (what happened before the merge; later events went to the survivor)."""
         subjects = {e.subject for e in events}
-        merges = [e.data for e in events if isinstance(e.data, ContactMerged)]
-        involved = subjects | {i for m in merges for i in m.merged_ids}
-        known = await stats.load(conn, involved)
+        merged_into: dict[str, str | None] = {}  # this batch's merges (-> None: an unmerge)
         for event in events:
             if isinstance(event.data, ContactMerged):
-                _merge(known, event.data)
+                merged_into.update(dict.fromkeys(event.data.merged_ids, event.data.survivor_id))
+            elif isinstance(event.data, ContactUnmerged):
+                merged_into[event.data.restored_id] = None
+        known = await stats.load(conn, subjects | merged_into.keys())
+        for event in events:
+            if isinstance(event.data, ContactMerged | ContactUnmerged):
                 continue
             data = event.data.model_dump(mode="json")
             known[event.subject] = apply(
                 known.get(event.subject), event.subject, event.type, event.time, data
             )
-        gone = [i for m in merges for i in m.merged_ids]
-        await stats.remove(conn, gone)
-        await stats.save(conn, [s for i, s in known.items() if i not in gone], self.wall())
-        return {i: known[i] for i in subjects - set(gone) if i in known}
+        await stats.save(conn, list(known.values()), self.wall())
+        gone = [i for i, survivor in merged_into.items() if survivor is not None]
+        if merged_into:
+            await stats.set_merged(conn, merged_into)
+            await scores.remove(conn, gone)
+        live = (subjects | merged_into.keys()) - set(gone)
+        return await stats.combined(conn, {i: known[i] for i in live if i in known})
 
     async def refit(self, db: Database) -> ScoringModel:
         """Fit a new model on every customer, make it active, rescore everyone with it."""
@@ -184,21 +198,6 @@ class Scoring:
             async with db.transaction() as conn:
                 published += await self.rescore(conn, ids[start : start + CHUNK])
         return published
-
-
-def _merge(known: dict[str, CustomerStats], event: ContactMerged) -> None:
-    """Fold the merged customers' statistics into the survivor's."""
-    survivor = known.get(event.survivor_id)
-    for other_id in event.merged_ids:
-        other = known.pop(other_id, None)
-        if other is None:
-            continue
-        if survivor is None:
-            survivor = replace(other, customer_id=event.survivor_id)
-        else:
-            survivor = merged(survivor, other)
-    if survivor is not None:
-        known[event.survivor_id] = survivor
 
 
 def _message(

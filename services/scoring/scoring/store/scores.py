@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store import cursor as cursor_text
@@ -210,4 +210,13 @@ async def model(conn: AsyncConnection, version: str) -> dict[str, Any] | None:
 
 
 async def all_ids(conn: AsyncConnection) -> list[str]:
-    return list((await conn.execute(select(customer_stats.c.customer_id))).scalars())
+    """Every customer (a contact merged into another is not one)."""
+    query = select(customer_stats.c.customer_id).where(customer_stats.c.merged_into.is_(None))
+    return list((await conn.execute(query)).scalars())
+
+
+async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
+    """Take these customers' current scores out (merged into others: not customers of their
+    own); their history and what was published of them stay."""
+    if ids:
+        await conn.execute(delete(scores).where(scores.c.customer_id.in_(ids)))

@@ -7,11 +7,11 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.sql import upsert
-from scoring.domain.stats import CustomerStats
+from scoring.domain.stats import CustomerStats, merged
 from scoring.store.tables import customer_stats
 
 FIELDS = [f.name for f in fields(CustomerStats)]
@@ -43,9 +43,53 @@ async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
         await conn.execute(delete(customer_stats).where(customer_stats.c.customer_id.in_(ids)))
 
 
+async def set_merged(conn: AsyncConnection, merged_into: dict[str, str | None]) -> None:
+    """Mark contacts merged into a survivor (id -> survivor), or theirs again (-> None);
+    contacts merged into a contact that is merged itself follow it to its survivor."""
+    for contact_id, survivor in merged_into.items():
+        await conn.execute(
+            update(customer_stats)
+            .where(customer_stats.c.customer_id == contact_id)
+            .values(merged_into=survivor)
+        )
+        if survivor is not None:
+            await conn.execute(
+                update(customer_stats)
+                .where(customer_stats.c.merged_into == contact_id)
+                .values(merged_into=survivor)
+            )
+
+
+_MERGED_INTO = select(*(customer_stats.c[name] for name in FIELDS), customer_stats.c.merged_into)
+
+
+async def combined(
+    conn: AsyncConnection, own: dict[str, CustomerStats]
+) -> dict[str, CustomerStats]:
+    """These customers' statistics with those of the contacts merged into them."""
+    found = dict(own)
+    wanted = sorted(own)
+    for start in range(0, len(wanted), 1000):
+        query = _MERGED_INTO.where(customer_stats.c.merged_into.in_(wanted[start : start + 1000]))
+        for *row, survivor in await conn.execute(query):
+            found[survivor] = merged(found[survivor], CustomerStats(*row))
+    return found
+
+
 async def every(conn: AsyncConnection) -> list[CustomerStats]:
-    """Every customer's statistics (for a refit)."""
-    return [CustomerStats(*row) for row in await conn.execute(_STATS)]
+    """Every customer's statistics, with those of the contacts merged into it (for a refit)."""
+    own: dict[str, CustomerStats] = {}
+    merged_in: list[tuple[str, CustomerStats]] = []
+    for *row, survivor in await conn.execute(_MERGED_INTO):
+        stats = CustomerStats(*row)
+        if survivor is None:
+            own[stats.customer_id] = stats
+        else:
+            merged_in.append((survivor, stats))
+    for survivor, stats in merged_in:
+        if survivor in own:
+            own[survivor] = merged(own[survivor], stats)
+    return list(own.values())
 
 
 def as_dict(stats: CustomerStats) -> dict[str, Any]:

@@ -43,6 +43,10 @@ customer_stats = Table(
     Column("engagement_at", UtcDateTime(), nullable=True),
     Column("stage", String(20), nullable=True),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # A contact merged into another keeps its own statistics, counted in the survivor's
+    # scores while merged, its own again after an unmerge.
+    Column("merged_into", String(200), nullable=True),
+    Index("ix_customer_stats_merged_into", "merged_into"),
 )
 
 scores = Table(
