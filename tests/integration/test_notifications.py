@@ -545,6 +545,21 @@ async def test_a_restated_entry_that_left_another_stage_drops_the_stage_left_mes
     assert dropped["reason"] == (
         "its trigger was corrected away (lifecycle's m4-b left new, not active)"
     )
+    # A message made before triggers kept the stage left cannot tell: it follows the move.
+    await feed(app, [*contact("m6", NOON), stage("m6", "dormant", NOON, event_id="m6-a")])
+    [older] = await deliveries(client, "m6")
+    context = {**older["context"], "trigger": {**older["context"]["trigger"]}}
+    del context["trigger"]["left"]
+    async with app.state.runtime.db.transaction() as conn:
+        await conn.execute(
+            deliveries_table.update()
+            .where(deliveries_table.c.id == older["id"])
+            .values(context=context)
+        )
+    again = stage("m6", "dormant", NOON + DAY, event_id="m6-b", restates="m6-a", from_stage="new")
+    await feed(app, [again])
+    [moved] = await deliveries(client, "m6")
+    assert (moved["status"], moved["context"]["trigger"]["event_id"]) == ("scheduled", "m6-b")
 
 
 async def test_a_merged_contacts_waiting_messages_are_suppressed(

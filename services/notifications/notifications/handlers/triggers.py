@@ -7,10 +7,10 @@ event showed the customer never went silent, say) no longer triggers anything: t
 it scheduled that are not sent yet are suppressed, and its triggers leave the dry-run log.
 So are the waiting messages of a contact merged into another: the survivor's history, which
 now holds both, decides what is sent; an unmerge gives them back where their trigger
-still stands. A stage change a correction restates (the customer
-entered the stage at another time: a late purchase put the dormancy off) hands its waiting
-messages and its logged triggers to the correction: they keep their delay after the new
-time, and a later supersede of the correction reaches them."""
+still stands. A stage change a correction restates (the customer entered the stage at
+another time: a late purchase put the dormancy off) hands its waiting messages and its
+logged triggers to the correction: they keep their delay after the new time, and a later
+supersede of the correction reaches them."""
 
 from __future__ import annotations
 
@@ -148,7 +148,8 @@ class Triggers:
                 trigger_id, trigger_time = move.id, move.time
                 context = jsontext.loads(delivery["context_json"])
                 left = context["trigger"].get("left")
-                if delivery["trigger_kind"] == "stage_left" and left != move.from_stage:
+                # (A message made before triggers kept the stage left follows the move.)
+                if delivery["trigger_kind"] == "stage_left" and left not in (None, move.from_stage):
                     reason = (
                         f"its trigger was corrected away (lifecycle's {move.id} left "
                         f"{move.from_stage}, not {left})"
