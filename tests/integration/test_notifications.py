@@ -292,6 +292,27 @@ async def test_a_message_is_cancelled_by_a_later_event_in_the_batch_that_trigger
     assert all("wake" not in str(m).lower() for m in smtp.to("s1@example.com"))
 
 
+async def test_a_message_goes_out_only_if_the_customer_still_meets_its_rules_conditions(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    """The purchase that won the customer back was taken in before the dormancy it ended
+    (two topics, each at its own pace), so it cancelled nothing; the wake-up mail is still
+    not sent: when it is due, the customer is active, and the rule is for dormant ones."""
+    bought = ev("crm.purchase.completed.v1", "s2", PURCHASE, NOON + DAY)
+    await feed(app, [*contact("s2", NOON - 30 * DAY), bought])
+    await feed(app, [stage("s2", "dormant", NOON)])
+    [waiting] = await deliveries(client, "s2")
+    assert (waiting["rule_id"], waiting["status"]) == ("wake_up", "scheduled")
+    await feed(app, [stage("s2", "active", NOON + DAY, from_stage="dormant")])
+    outcome = await dispatch(app, NOON + 3 * DAY + timedelta(hours=1))
+    assert (outcome.sent, outcome.suppressed) == (0, 1)
+    [dropped] = await deliveries(client, "s2")
+    assert dropped["reason"] == (
+        "no longer meets the rule's conditions: stage is active, not dormant"
+    )
+    assert smtp.to("s2@example.com") == []
+
+
 async def test_no_consent_no_marketing_mail(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:
@@ -385,14 +406,15 @@ async def test_the_cap_counts_a_message_sent_earlier_in_the_same_dispatch_run(
         app,
         [
             *contact("c5", late),
-            stage("c5", "churned", late, event_id="a"),
-            stage("c5", "new", late, event_id="b"),
+            stage("c5", "dormant", late, event_id="a"),
+            stage("c5", "churned", late, event_id="b"),
+            stage("c5", "churned", late, event_id="c"),  # two win-backs, both due at once
         ],
     )
     outcome = await dispatch(app, late)
     assert (outcome.sent, outcome.suppressed) == (1, 1)
-    statuses = sorted(d["status"] for d in await deliveries(client, "c5"))
-    assert statuses == ["sent", "suppressed"]
+    reasons = sorted((d["status"], d["reason"]) for d in await deliveries(client, "c5"))
+    assert reasons == [("sent", None), ("suppressed", "capped: 1 sent today on email")]
     assert len(smtp.to("c5@example.com")) == 1
 
 

@@ -17,6 +17,7 @@ from notifications.domain.rules import (
     fires,
     holds,
     idempotency_key,
+    unmet,
 )
 
 T = datetime(2026, 6, 10, 12, tzinfo=UTC)
@@ -89,6 +90,15 @@ def test_conditions_look_at_stage_tier_band_tags_and_attributes() -> None:
     assert not holds(Conditions(tiers=["B"]), customer)
     assert not holds(Conditions(tags_any=["other"]), customer)
     assert not holds(Conditions(attributes={"plan": "silver"}), customer)
+    # What the dispatcher reports when a waiting message's customer no longer qualifies.
+    assert unmet(Conditions(stages=["dormant", "churned"]), customer) == (
+        "stage is active, not dormant or churned"
+    )
+    assert unmet(Conditions(risk_bands=["high"]), customer) == "risk band is low, not high"
+    assert unmet(Conditions(tags_any=["a", "b"]), customer) == "none of the tags a, b"
+    assert unmet(Conditions(attributes={"plan": "silver"}), customer) == (
+        "attribute plan is 'gold', not 'silver'"
+    )
 
 
 def test_one_message_per_rule_customer_and_triggering_event() -> None:

@@ -34,6 +34,7 @@ DEFAULT_PLAYBOOKS: dict[str, RuleBody] = {
     "wake_up": RuleBody(
         name="Wake a dormant customer",
         trigger=Trigger(kind="stage_entered", stage="dormant"),
+        conditions=Conditions(stages=["dormant"]),  # still dormant when it is due
         action=Action(channel="email", template="wake_up"),
         delay_seconds=3 * 86400,
         cancel_on=[PURCHASE],
@@ -41,6 +42,7 @@ DEFAULT_PLAYBOOKS: dict[str, RuleBody] = {
     "win_back": RuleBody(
         name="Win back a churned customer",
         trigger=Trigger(kind="stage_entered", stage="churned"),
+        conditions=Conditions(stages=["churned"]),
         action=Action(channel="email", template="win_back"),
         cancel_on=[PURCHASE],
     ),

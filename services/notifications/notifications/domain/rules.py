@@ -125,18 +125,27 @@ def fires(rule: Rule, event: TriggerEvent) -> bool:
 
 def holds(conditions: Conditions, customer: dict[str, Any]) -> bool:
     """Whether the customer (stage, tier, band, tags, attributes) meets the conditions."""
+    return unmet(conditions, customer) is None
+
+
+def unmet(conditions: Conditions, customer: dict[str, Any]) -> str | None:
+    """The first condition the customer does not meet, in words (None: all are met)."""
     pairs = (
-        (conditions.stages, customer.get("stage")),
-        (conditions.tiers, customer.get("tier")),
-        (conditions.risk_bands, customer.get("risk_band")),
+        ("stage", conditions.stages, customer.get("stage")),
+        ("tier", conditions.tiers, customer.get("tier")),
+        ("risk band", conditions.risk_bands, customer.get("risk_band")),
     )
-    if any(allowed is not None and value not in allowed for allowed, value in pairs):
-        return False
+    for name, allowed, value in pairs:
+        if allowed is not None and value not in allowed:
+            return f"{name} is {value}, not {' or '.join(allowed)}"
     tags = set(customer.get("tags") or [])
     if conditions.tags_any is not None and not tags & set(conditions.tags_any):
-        return False
+        return f"none of the tags {', '.join(conditions.tags_any)}"
     attributes = customer.get("attributes") or {}
-    return all(attributes.get(k) == v for k, v in (conditions.attributes or {}).items())
+    for key, wanted in (conditions.attributes or {}).items():
+        if attributes.get(key) != wanted:
+            return f"attribute {key} is {attributes.get(key)!r}, not {wanted!r}"
+    return None
 
 
 def idempotency_key(rule: Rule, event: TriggerEvent) -> str:

@@ -1,4 +1,10 @@
-"""The dispatcher: takes due messages, decides (consent, caps, quiet hours), and sends.
+"""The dispatcher: takes due messages, decides (the rule's conditions still met, consent,
+caps, quiet hours), and sends.
+
+A message goes out only if the customer still meets the conditions of the rule version
+that scheduled it when it is due: a wake-up mail (for dormant customers) is not sent to a
+customer who bought in the meantime, whichever of the purchase and the dormancy this
+service took in first.
 
 Each send is recorded before and after: the message is marked `sending` and committed, then
 sent, then marked `sent` or `failed`. A process that stops between the two leaves it
@@ -22,6 +28,7 @@ from crm_shared.store.db import Database
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.channels.base import Channel, Message
 from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
+from notifications.domain.rules import Conditions, unmet
 from notifications.domain.templates import Template, TemplateError, render
 from notifications.handlers.messages import delivery_trace, outreach_event, suppressed_message
 from notifications.store import outreach
@@ -55,6 +62,7 @@ class Dispatcher:
         self.now = now
         self.unsubscribe_url = unsubscribe_url
         self.batch = batch
+        self._conditions: dict[tuple[str, int], Conditions] = {}  # rule versions never change
 
     async def recover(self) -> int:
         """Report the messages a stopped process left between 'sending' and its outcome."""
@@ -81,6 +89,8 @@ class Dispatcher:
             zones = [zone(c.get("time_zone"), self.safeguards.default_time_zone) for _, c in whom]
             days = [local_day(now, tz) for tz in zones]
             since = min((week_start(day) for day in days), default=None)
+            versions = {(d["rule_id"], d["rule_version"]) for d in due} - self._conditions.keys()
+            self._conditions.update(await outreach.conditions_of(conn, versions))
             sent = await outreach.sent_by_day(conn, ids, since=since)
             suppressed: list[tuple[dict[str, Any], str | None]] = []
             decided = [
@@ -115,6 +125,12 @@ class Dispatcher:
         local day, read once for the run; a message this run sends is added to it, so the
         next one of the same customer counts it (as a query per message did). A message
         suppressed goes to `suppressed` (with the reason), for `_suppress`."""
+        conditions = self._conditions.get((delivery["rule_id"], delivery["rule_version"]))
+        unmet_now = unmet(conditions, customer) if conditions is not None else None
+        if unmet_now is not None:
+            delivery["status"] = "suppressed"
+            suppressed.append((delivery, f"no longer meets the rule's conditions: {unmet_now}"))
+            return None
         mine = sent.get((delivery["customer_id"], delivery["channel"]), {})
         decision = decide(
             channel=delivery["channel"],

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from crm_shared.store.sql import upsert
-from notifications.domain.rules import Rule, RuleBody
+from notifications.domain.rules import Conditions, Rule, RuleBody
 from notifications.store.tables import customers, deliveries, rule_versions, rules, templates
 
 CUSTOMER_DEFAULTS: dict[str, Any] = {
@@ -148,6 +148,24 @@ async def active_rules(conn: AsyncConnection) -> list[Rule]:
 
 def rule_of(row: Any) -> Rule:
     return Rule.model_validate({**row["body"], "id": row["id"], "version": row["version"]})
+
+
+async def conditions_of(
+    conn: AsyncConnection, versions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], Conditions]:
+    """The conditions of these rule versions (a version never changes)."""
+    found: dict[tuple[str, int], Conditions] = {}
+    for rule_id, version in set(versions):
+        row = (
+            await conn.execute(
+                select(rule_versions.c.body).where(
+                    rule_versions.c.rule_id == rule_id, rule_versions.c.version == version
+                )
+            )
+        ).first()
+        if row is not None:
+            found[(rule_id, version)] = RuleBody.model_validate(row.body).conditions
+    return found
 
 
 async def all_rules(conn: AsyncConnection) -> list[Rule]:
