@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_shared.store.sql import upsert
@@ -36,11 +36,6 @@ async def save(conn: AsyncConnection, stats: Sequence[CustomerStats], now: datet
     # Every field is an immutable scalar: read them as they are (`asdict` deep-copies each).
     rows = [{**{name: getattr(s, name) for name in FIELDS}, "updated_at": now} for s in stats]
     await upsert(conn, customer_stats, rows, key=["customer_id"])
-
-
-async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
-    if ids:
-        await conn.execute(delete(customer_stats).where(customer_stats.c.customer_id.in_(ids)))
 
 
 async def set_merged(conn: AsyncConnection, merged_into: dict[str, str | None]) -> None:
