@@ -35,11 +35,20 @@ async def read_topic(
         fetch_max_wait_ms=10,
     )
     await consumer.start()
-    partitions = consumer.partitions_for_topic(topic) or set()
+    deadline = time.monotonic() + within
+    # The client's first metadata may not list a topic created moments ago: ask again.
+    partitions = consumer.partitions_for_topic(topic)
+    while not partitions and time.monotonic() < deadline:
+        await consumer.topics()  # refreshes the cluster metadata
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await asyncio.sleep(0.05)
+    if not partitions:
+        await consumer.stop()
+        raise AssertionError(f"{topic}: no partitions known within {within}s")
     consumer.assign([TopicPartition(topic, p) for p in partitions])
     await consumer.seek_to_beginning()
     records: list[ConsumerRecord[bytes, bytes]] = []
-    deadline = time.monotonic() + within
     try:
         while len(records) < count and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
