@@ -19,7 +19,7 @@ from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually
-from tests.support.mailbox import Mailbox, mailbox
+from tests.support.mailbox import Mailbox, journey_env, mailbox
 
 pytestmark = pytest.mark.e2e
 SERVICES = ["contacts", "lifecycle", "scoring", "notifications"]
@@ -37,22 +37,10 @@ def smtp() -> Iterator[Mailbox]:
 async def stack(
     broker: Broker, smtp: Mailbox, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    env = {
-        "CRM_FETCH_MAX_WAIT_MS": "10",
-        "CRM_CLOCK": "event-time",
-        "CRM_TOPIC_PREFIX": f"m{uuid.uuid4().hex[:8]}.",
-        "CRM_SMTP_HOST": smtp.host,
-        "CRM_SMTP_PORT": str(smtp.port),
-        "CRM_DISPATCH_INTERVAL_S": "0.2",
-        "CRM_SAFEGUARDS": '{"quiet_start": "00:00", "quiet_end": "00:00"}',
-    }
+    env = journey_env(smtp, f"m{uuid.uuid4().hex[:8]}.")
     data_dir: Path = tmp_path_factory.mktemp("merge")
-    stack = Stack(SERVICES, bootstrap=broker.bootstrap, data_dir=data_dir, env=env)
-    await stack.start_async()
-    try:
+    async with Stack(SERVICES, bootstrap=broker.bootstrap, data_dir=data_dir, env=env) as stack:
         yield stack
-    finally:
-        await stack.stop_async()
 
 
 def notifications_took_in_everything_lifecycle_published(data_dir: Path) -> bool:

@@ -16,7 +16,7 @@ from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually
-from tests.support.mailbox import Mailbox, mailbox
+from tests.support.mailbox import Mailbox, journey_env, mailbox
 
 pytestmark = pytest.mark.e2e
 # Ada bought 130 and 110 days ago. Her contact record is written now, so with the
@@ -34,28 +34,15 @@ def smtp() -> Iterator[Mailbox]:
 async def stack(
     broker: Broker, smtp: Mailbox, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    env = {
-        "CRM_FETCH_MAX_WAIT_MS": "10",
-        "CRM_CLOCK": "event-time",
-        "CRM_TOPIC_PREFIX": f"j{uuid.uuid4().hex[:8]}.",
-        "CRM_SMTP_HOST": smtp.host,
-        "CRM_SMTP_PORT": str(smtp.port),
-        "CRM_DISPATCH_INTERVAL_S": "0.2",
-        # no quiet hours: the clock is today's, at whatever hour the test runs
-        "CRM_SAFEGUARDS": '{"quiet_start": "00:00", "quiet_end": "00:00"}',
-    }
+    env = journey_env(smtp, f"j{uuid.uuid4().hex[:8]}.")
     data_dir: Path = tmp_path_factory.mktemp("journey")
-    stack = Stack(
+    async with Stack(
         ["contacts", "lifecycle", "notifications"],
         bootstrap=broker.bootstrap,
         data_dir=data_dir,
         env=env,
-    )
-    await stack.start_async()
-    try:
+    ) as stack:
         yield stack
-    finally:
-        await stack.stop_async()
 
 
 async def test_silence_after_purchases_sends_one_wake_up_email(stack: Stack, smtp: Mailbox) -> None:

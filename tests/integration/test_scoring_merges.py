@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from fastapi import FastAPI
+
 from crm_shared.events import CATALOG, CloudEvent, Event, EventData
 from scoring.handlers.scoring import Scoring
 from scoring.store import scores, stats
@@ -37,16 +39,18 @@ def bought(customer: str, day: int, amount: str) -> Event[EventData]:
     )
 
 
+async def fold(app: FastAPI, *events: Event[EventData]) -> None:
+    scoring: Scoring = app.state.scoring
+    async with app.state.runtime.db.transaction() as conn:
+        await scoring.on_events(conn, list(events))
+
+
 async def test_an_unmerge_gives_both_contacts_their_own_statistics_back(
     database_url: str,
 ) -> None:
     app = service_app("scoring", database_url, clock="event-time")
     scoring: Scoring = app.state.scoring
     db = app.state.runtime.db
-
-    async def apply(*events: Event[EventData]) -> None:
-        async with db.transaction() as conn:
-            await scoring.on_events(conn, list(events))
 
     async def seen() -> tuple[dict[str, tuple[int, Decimal]], dict[str, Any]]:
         async with db.read() as conn:
@@ -57,10 +61,10 @@ async def test_an_unmerge_gives_both_contacts_their_own_statistics_back(
         return population, current
 
     async with api_client(app) as client:
-        await apply(bought("a", 0, "40.00"), bought("a", 7, "40.00"), bought("b", 3, "100.00"))
-        await apply(stage_changed("b", "prospect", "new", T + 3 * DAY))
+        await fold(app, bought("a", 0, "40.00"), bought("a", 7, "40.00"), bought("b", 3, "100.00"))
+        await fold(app, stage_changed("b", "prospect", "new", T + 3 * DAY))
         merge = {"survivor_id": "a", "merged_ids": ["b"]}
-        await apply(event("crm.contact.merged.v1", "a", merge, T + 10 * DAY))
+        await fold(app, event("crm.contact.merged.v1", "a", merge, T + 10 * DAY))
         population, current = await seen()
         assert population == {"a": (3, Decimal("180"))}
         assert current["b"] is None and current["a"] is not None
@@ -69,12 +73,12 @@ async def test_an_unmerge_gives_both_contacts_their_own_statistics_back(
         await scoring.rescore_all(db)  # as after a refit: both contacts' purchases still count
         assert (await seen())[1]["a"]["clv"] == merged_clv
 
-        await apply(bought("a", 12, "60.00"))  # the survivor's own, after the merge
+        await fold(app, bought("a", 12, "60.00"))  # the survivor's own, after the merge
         population, _ = await seen()
         assert population == {"a": (4, Decimal("240"))}
 
         unmerge = {"survivor_id": "a", "restored_id": "b"}
-        await apply(event("crm.contact.unmerged.v1", "a", unmerge, T + 20 * DAY))
+        await fold(app, event("crm.contact.unmerged.v1", "a", unmerge, T + 20 * DAY))
         population, current = await seen()
         assert population == {"a": (3, Decimal("140")), "b": (1, Decimal("100"))}
         assert current["b"] is not None and current["b"]["stage"] == "new"
@@ -88,19 +92,12 @@ async def test_a_contact_merged_into_one_merged_later_counts_for_the_last_surviv
     database_url: str,
 ) -> None:
     app = service_app("scoring", database_url, clock="event-time")
-    scoring: Scoring = app.state.scoring
     db = app.state.runtime.db
     async with api_client(app):
-        async with db.transaction() as conn:
-            await scoring.on_events(
-                conn, [bought("x", 0, "10.00"), bought("y", 1, "20.00"), bought("z", 2, "30.00")]
-            )
+        await fold(app, bought("x", 0, "10.00"), bought("y", 1, "20.00"), bought("z", 2, "30.00"))
         for survivor, gone, day in (("y", "z", 5), ("x", "y", 6)):
             merge = {"survivor_id": survivor, "merged_ids": [gone]}
-            async with db.transaction() as conn:
-                await scoring.on_events(
-                    conn, [event("crm.contact.merged.v1", survivor, merge, T + day * DAY)]
-                )
+            await fold(app, event("crm.contact.merged.v1", survivor, merge, T + day * DAY))
         async with db.read() as conn:
             population = [
                 (s.customer_id, s.purchases, s.total_spend) for s in await stats.every(conn)

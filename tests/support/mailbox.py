@@ -40,3 +40,18 @@ def mailbox() -> Iterator[Mailbox]:
         yield box
     finally:
         controller.stop()
+
+
+def journey_env(box: Mailbox, prefix: str) -> dict[str, str]:
+    """The settings of a whole-stack journey that mails through `box`: event-time clock,
+    millisecond delivery, a dispatcher every 0.2 s and no quiet hours (the clock is today's,
+    at whatever hour the test runs); topics under `prefix`."""
+    return {
+        "CRM_FETCH_MAX_WAIT_MS": "10",
+        "CRM_CLOCK": "event-time",
+        "CRM_TOPIC_PREFIX": prefix,
+        "CRM_SMTP_HOST": box.host,
+        "CRM_SMTP_PORT": str(box.port),
+        "CRM_DISPATCH_INTERVAL_S": "0.2",
+        "CRM_SAFEGUARDS": '{"quiet_start": "00:00", "quiet_end": "00:00"}',
+    }

@@ -116,7 +116,7 @@ class Lifecycle:
         # is what its new history corrects: a contact an unmerge restores gets its own history
         # back, not a second welcome.
         silent = [i for i in replayed if i not in stored and i not in published]
-        published.update(await stages.last_told(conn, silent) if silent else {})
+        published.update(await stages.last_told(conn, silent))
         states: list[CustomerState] = []
         heads: dict[str, stages.Head] = {}
         gone: list[str] = []
