@@ -29,7 +29,7 @@ ARGS ?=
 # Extra arguments for the CDNOW replay of `make bench`, e.g. REPLAY_ARGS="--profile replay".
 REPLAY_ARGS ?=
 
-.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory bench-inprocess clean
+.PHONY: help install run $(RUN_TARGETS) test test-postgres test-faults test-fuzz lint migrate bench bench-lifecycle bench-scoring bench-reads bench-memory bench-inprocess bench-floor clean
 
 help:
 	@echo "make install            install uv if needed, then the locked dependencies"
@@ -62,6 +62,8 @@ help:
 	@echo "make bench-inprocess    the CDNOW master through the four services in one process, no"
 	@echo "                        broker: CPU per consumer, for comparing versions of the code"
 	@echo "                        (ARGS=\"--batch 5 --statements\", see bench/README.md)"
+	@echo "make bench-floor        the same against the consumers with their own work taken out:"
+	@echo "                        what the architecture contract alone costs; JSON in bench/results/"
 	@echo "make clean              remove var/ (databases and logs)"
 
 install:
@@ -135,6 +137,9 @@ bench-memory: install
 
 bench-inprocess: install
 	uv run python -m bench.inprocess $(ARGS)
+
+bench-floor: install
+	uv run python -m bench.floor $(ARGS)
 
 clean:
 	rm -rf var/

@@ -26,8 +26,8 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -41,7 +41,8 @@ from sqlalchemy import event as sa_event
 from bench.cdnow import load_master, purchase_events
 from bench.workload import kafka_records
 from crm_shared.app import heap
-from crm_shared.messaging.consumer import BatchProcessor, Rejected
+from crm_shared.app.runtime import Subscription
+from crm_shared.messaging.consumer import BatchProcessor, Handler, Rejected
 from crm_shared.messaging.relay import OutboxRelay
 from crm_shared.messaging.topics import INBOUND
 from notifications.bootstrap import seed
@@ -141,11 +142,17 @@ class Consumer:
 
 
 class Chain:
-    def __init__(self, apps: dict[str, FastAPI], profiled: str | None) -> None:
+    def __init__(
+        self,
+        apps: dict[str, FastAPI],
+        profiled: str | None,
+        handler_for: Callable[[str, Subscription], Handler] | None = None,
+    ) -> None:
         self.apps = apps
         self.dead = NoDeadLetters()
         self.cpu: dict[str, float] = {}
         self.taken: Counter[str] = Counter()
+        self.published: Counter[str] = Counter()  # records by topic
         self.profiler = cProfile.Profile() if profiled else None
         self.profiled = profiled
         self.consumers: list[Consumer] = []
@@ -164,6 +171,8 @@ class Chain:
             )
             self.relays[name] = (relay, keeper)
             for s in rt.subscriptions:
+                if handler_for is not None:  # another handler, with the plain inbox
+                    s = replace(s, handler=handler_for(f"{name}.{s.name}", s), inbox=None)
                 processor = rt.batch_processor(s, self.dead)
                 self.consumers.append(Consumer(f"{name}.{s.name}", s.topics, processor, []))
 
@@ -183,6 +192,7 @@ class Chain:
 
     def route(self, records: list[Record]) -> None:
         for record in records:
+            self.published[record.topic] += 1
             for consumer in self.consumers:
                 if record.topic in consumer.topics:
                     consumer.queue.append(record)
@@ -218,7 +228,15 @@ class Chain:
                 return
 
 
-async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+# Given the services (migrated), the handler each subscription is to run instead of its own.
+Substitute: TypeAlias = Callable[
+    [dict[str, FastAPI]], Awaitable[Callable[[str, Subscription], Handler]]
+]
+
+
+async def run(
+    args: argparse.Namespace, directory: Path, substitute: Substitute | None = None
+) -> dict[str, Any]:
     apps = {
         name: service_app(name, f"sqlite:///{directory}/{name}.db", **SETTINGS[name])
         for name in SERVICES
@@ -238,7 +256,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         ConsumerRecord(INBOUND, 0, n, 0, 0, key, value, None, len(key), len(value), [])
         for n, (key, value) in enumerate(kafka_records(purchases))
     ]
-    chain = Chain(apps, args.profile)
+    chain = Chain(apps, args.profile, await substitute(apps) if substitute else None)
     heap.settle()  # as `serve` does once a service has started
     started = time.perf_counter()
     for start in range(0, len(inbound), args.batch):
@@ -258,6 +276,7 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "seconds": seconds,
         "cpu_s": dict(chain.cpu),
         "taken": dict(chain.taken),
+        "published": dict(chain.published),
         "dead_letters": dict(chain.dead.reasons),
         "statements": statements,
     }
