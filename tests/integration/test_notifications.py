@@ -3,6 +3,7 @@ quiet hours, delays and cancellation, redelivery, a restart in the middle of sen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -678,6 +679,152 @@ async def test_a_restart_in_the_middle_of_sending_is_reported_not_repeated(
     assert smtp.to("c7@example.com") == []
 
 
+class Flaky:
+    """An email channel that sends through the real one and calls `on_send` before each
+    message (by its position): to stop the process there, fail, or change the world."""
+
+    name = "email"
+
+    def __init__(self, channel: Any, on_send: dict[int, Any]) -> None:
+        self.channel, self.on_send, self.calls = channel, on_send, 0
+
+    async def send(self, message: Any) -> SendResult:
+        self.calls += 1
+        action = self.on_send.get(self.calls)
+        if action is not None:
+            await action(message)
+        result: SendResult = await self.channel.send(message)
+        return result
+
+
+def flaky(app: FastAPI, on_send: dict[int, Any]) -> Dispatcher:
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.channels = {
+        **dispatcher.channels,
+        "email": Flaky(dispatcher.channels["email"], on_send),
+    }
+    return dispatcher
+
+
+async def test_a_stop_in_the_middle_of_a_run_leaves_the_messages_it_had_not_reached_waiting(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    customers = ["k1", "k2", "k3"]
+    await feed(app, [e for c in customers for e in contact(c, NOON)])
+    await feed(app, [stage(c, "churned", NOON) for c in customers])
+
+    async def stop(_: Any) -> None:  # the process is stopped while the second is being sent
+        raise asyncio.CancelledError
+
+    flaky(app, {2: stop})
+    with pytest.raises(asyncio.CancelledError):
+        await dispatch(app, NOON)
+    dispatcher: Dispatcher = app.state.dispatcher
+    assert await dispatcher.recover() == 1  # only the one handed to the channel is unknown
+    await dispatch(app, NOON)
+    outcomes = {c: [d["status"] for d in await deliveries(client, c)] for c in customers}
+    assert sorted(outcomes.values()) == [["failed"], ["sent"], ["sent"]]
+    assert sum(len(smtp.to(f"{c}@example.com")) for c in customers) == 2
+
+
+async def test_a_message_that_cannot_be_built_fails_alone_and_the_run_goes_on(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    stored = await client.put(  # fails on a customer with tags, renders on the sample one
+        "/v1/templates/win_back",
+        json={
+            "channel": "email",
+            "subject": "Hi",
+            "body": "{% for t in contact.tags %}{{ t|dictsort }}{% endfor %}Come back",
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    tagged = ev(
+        "crm.contact.updated.v1",
+        "b1",
+        {"contact_id": "b1", "changes": {"tags": ["vip"]}},
+        NOON,
+    )
+    await feed(app, [*contact("b1", NOON), *contact("b2", NOON), tagged])
+    await feed(app, [stage("b1", "churned", NOON), stage("b2", "churned", NOON)])
+    outcome = await dispatch(app, NOON)
+    assert (outcome.sent, outcome.failed) == (1, 1)
+    [failed] = await deliveries(client, "b1")
+    assert failed["status"] == "failed" and "AttributeError" in failed["error"]
+    assert [d["status"] for d in await deliveries(client, "b2")] == ["sent"]
+    assert len(smtp.to("b2@example.com")) == 1
+
+
+async def test_a_channel_that_breaks_on_one_message_fails_it_alone(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("r1", NOON), *contact("r2", NOON)])
+    await feed(app, [stage("r1", "churned", NOON), stage("r2", "churned", NOON)])
+
+    async def breaks(_: Any) -> None:
+        raise RuntimeError("the client library broke")
+
+    flaky(app, {1: breaks})
+    outcome = await dispatch(app, NOON)
+    assert (outcome.sent, outcome.failed) == (1, 1)
+    outcomes = sorted(
+        [(d["status"], d["error"]) for c in ("r1", "r2") for d in await deliveries(client, c)]
+    )
+    assert outcomes == [
+        ("failed", "RuntimeError('the client library broke')"),
+        ("sent", None),
+    ]
+
+
+async def test_consent_withdrawn_while_a_run_sends_stops_the_customers_message(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("w1", NOON), *contact("w2", NOON)])
+    await feed(app, [stage("w1", "churned", NOON), stage("w2", "churned", NOON)])
+
+    async def revoke(message: Any) -> None:  # the other one opts out while this one is sent
+        other = "w2" if message.to == "w1@example.com" else "w1"
+        data = {
+            "contact_id": other,
+            "channel": "email",
+            "status": "revoked",
+            "source": "form",
+            "changed_at": NOON.isoformat(),
+        }
+        await feed(app, [ev("crm.contact.consent_changed.v1", other, data, NOON)])
+
+    flaky(app, {1: revoke})
+    outcome = await dispatch(app, NOON)
+    assert (outcome.sent, outcome.suppressed) == (1, 1)
+    [sent] = [c for c in ("w1", "w2") if smtp.to(f"{c}@example.com")]
+    [withdrawn] = await deliveries(client, "w2" if sent == "w1" else "w1")
+    assert (withdrawn["status"], withdrawn["reason"]) == (
+        "suppressed",
+        "no consent on email (revoked)",
+    )
+
+
+async def test_a_message_cancelled_while_a_run_sends_is_left_cancelled(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("x1", NOON), *contact("x2", NOON)])
+    await feed(app, [stage("x1", "churned", NOON), stage("x2", "churned", NOON)])
+    comeback = [
+        ev("crm.purchase.completed.v1", c, PURCHASE, NOON + timedelta(minutes=1))
+        for c in ("x1", "x2")
+    ]
+
+    async def buy(_: Any) -> None:  # both buy while the first message is being sent
+        await feed(app, comeback)
+
+    flaky(app, {1: buy})
+    outcome = await dispatch(app, NOON + timedelta(minutes=2))
+    assert outcome.sent == 1
+    statuses = sorted([d["status"] for c in ("x1", "x2") for d in await deliveries(client, c)])
+    assert statuses == ["sent", "suppressed"]
+    assert sum(len(smtp.to(f"{c}@example.com")) for c in ("x1", "x2")) == 1
+
+
 async def test_templates_preview_and_rules_are_versioned(client: httpx.AsyncClient) -> None:
     preview = await client.post("/v1/templates/wake_up/preview", json={})
     assert preview.status_code == 200 and "Ada" in preview.json()["body"]
@@ -691,6 +838,33 @@ async def test_templates_preview_and_rules_are_versioned(client: httpx.AsyncClie
     changed = await client.put("/v1/rules/wake_up", json={**body, "delay_seconds": 86400})
     assert changed.json()["version"] == 2
     assert len((await client.get("/v1/rules/wake_up")).json()["versions"]) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{{ contact.first_name|dictsort }}",  # a filter on a value it cannot take
+        '{{ "{0}".format() }}',
+        '{{ "%(a)s" % {} }}',
+    ],
+)
+async def test_a_template_that_cannot_render_is_refused_with_the_reason(
+    client: httpx.AsyncClient, body: str
+) -> None:
+    refused = await client.put(
+        "/v1/templates/odd", json={"channel": "email", "subject": "Hi", "body": body}
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"].startswith("template: body line 1: cannot evaluate")
+
+
+async def test_a_preview_context_nested_too_deep_is_refused(client: httpx.AsyncClient) -> None:
+    context: dict[str, Any] = {}
+    for _ in range(600):
+        context = {"a": context}
+    refused = await client.post("/v1/templates/wake_up/preview", json={"context": context})
+    assert refused.status_code == 422, refused.text
+    assert "nested more than 32 levels deep" in refused.json()["detail"]
 
 
 async def test_the_unsubscribe_link_records_the_opt_out(
@@ -880,6 +1054,24 @@ async def test_a_paused_endpoint_delays_a_message_without_using_up_its_attempts(
     [waiting] = await deliveries(client, "p1")
     assert waiting["status"] == "scheduled" and waiting["attempts"] == 0
     assert waiting["due_at"].startswith("2026-06-10T12:00")
+
+
+class Refusing(RestingEndpoint):
+    """A paused endpoint that refuses the message for good (a 4xx)."""
+
+    async def send(self, message: Any) -> SendResult:
+        return SendResult(ok=False, detail="HTTP 400: bad payload", retryable=False)
+
+
+async def test_a_paused_endpoint_that_refuses_a_message_for_good_fails_it(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.channels = {**dispatcher.channels, "email": Refusing()}
+    await feed(app, [*contact("p2", NOON), stage("p2", "churned", NOON)])
+    await dispatch(app, NOON)
+    [refused] = await deliveries(client, "p2")
+    assert (refused["status"], refused["error"]) == ("failed", "HTTP 400: bad payload")
 
 
 async def test_the_dry_run_log_keeps_a_year_of_triggers(app: FastAPI) -> None:

@@ -43,17 +43,26 @@ class Template:
     body: str
 
 
+# How deep the context's mappings may nest: customers' attributes and previews' sample
+# values are JSON from outside, and a template has no use for deeper values.
+MAX_DEPTH = 32
+
+
 class _Scope(dict[str, object]):
     """A mapping of the context that knows its path, so a missing key can be named."""
 
-    def __init__(self, path: str, values: Mapping[str, object]) -> None:
-        super().__init__({key: _scoped(f"{path}.{key}", value) for key, value in values.items()})
+    def __init__(self, path: str, values: Mapping[str, object], depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise TemplateError(f"{path}: nested more than {MAX_DEPTH} levels deep")
+        super().__init__(
+            {key: _scoped(f"{path}.{key}", value, depth + 1) for key, value in values.items()}
+        )
         self._crm_path = path
 
 
-def _scoped(path: str, value: object) -> object:
+def _scoped(path: str, value: object, depth: int = 0) -> object:
     if isinstance(value, Mapping):
-        return _Scope(path, value)
+        return _Scope(path, value, depth)
     return value
 
 
@@ -126,6 +135,9 @@ def _render_part(part: str, source: str, context: Mapping[str, object]) -> str:
         raise _located(part, exc.message or repr(exc), exc) from exc
     except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. {{ 1 / 0 }}, "a" + 1
         raise _located(part, f"cannot evaluate: {exc}", exc) from exc
+    except Exception as exc:  # a filter on a value it cannot take, "{0}".format(), ...
+        reason = f"cannot evaluate: {type(exc).__name__}: {exc}"
+        raise _located(part, reason, exc) from exc
 
 
 def _located(part: str, reason: str, exc: BaseException) -> TemplateError:

@@ -6,10 +6,17 @@ that scheduled it when it is due: a wake-up mail (for dormant customers) is not 
 customer who bought in the meantime, whichever of the purchase and the dormancy this
 service took in first.
 
-Each send is recorded before and after: the message is marked `sending` and committed, then
-sent, then marked `sent` or `failed`. A process that stops between the two leaves it
-`sending`; at start-up such messages are reported as failed with an unknown outcome and
-not sent again, so a restart never sends twice.
+A run decides its due messages together (one transaction, so caps count what the run
+sends), then takes them one at a time. Just before a message is sent, it is claimed in a
+transaction of its own: it must still be waiting (an event the consumer took in meanwhile
+may have cancelled it), and the customer's consent, the rule's conditions and the quiet
+hours are checked again as they stand then, since a run can take minutes against a slow
+channel. The claim marks it `sending`; it is then sent and marked `sent` or `failed`.
+A process that stops between the two leaves that one message `sending`: at start-up it is
+reported as failed with an unknown outcome and not sent again, so a restart never sends
+twice. The messages the run had not reached are still waiting and go in the next run.
+A message that cannot be built or sent for a reason of its own (a template that fails on
+this customer's values, say) fails alone; the run goes on with the others.
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ from crm_shared.messaging.topics import OUTREACH
 from crm_shared.store.db import Database
 from crm_shared.store.outbox import Outbox, OutgoingMessage
 from notifications.channels.base import Channel, Message
-from notifications.domain.decide import Safeguards, decide, local_day, week_start, zone
+from notifications.domain.decide import (
+    Decision,
+    Safeguards,
+    decide,
+    local_day,
+    week_start,
+    zone,
+)
 from notifications.domain.rules import Conditions, unmet
 from notifications.domain.templates import Template, TemplateError, render
 from notifications.handlers.messages import delivery_trace, outreach_event, suppressed_message
@@ -98,17 +112,75 @@ class Dispatcher:
                 for (d, customer), tz, today in zip(whom, zones, days, strict=True)
             ]
             await self._suppress(conn, suppressed, now)
-        to_send = [d for d in decided if d is not None]
-        results = [await self._send(d) for d in to_send]
-        counts = {"sent": 0, "failed": 0}
-        for result in results:
-            counts[result] += 1
+        counts = {"sent": 0, "failed": 0, "held": 0, "suppressed": 0, "gone": 0}
+        for delivery in decided:
+            if delivery is not None:
+                counts[await self._claim_and_send(delivery)] += 1
         return Outcome(
             sent=counts["sent"],
             failed=counts["failed"],
-            suppressed=sum(1 for d in due if d["status"] == "suppressed"),
-            held=sum(1 for d in due if d["status"] == "held"),
+            suppressed=sum(1 for d in due if d["status"] == "suppressed") + counts["suppressed"],
+            held=sum(1 for d in due if d["status"] == "held") + counts["held"],
         )
+
+    async def _claim_and_send(self, delivery: dict[str, Any]) -> str:
+        """Claim one decided message and send it; what became of it."""
+        async with self.db.transaction() as conn:
+            claimed = await self._claim(conn, delivery)
+        if claimed != "sending":
+            return claimed
+        return await self._send(delivery)
+
+    async def _claim(self, conn: Any, delivery: dict[str, Any]) -> str:
+        """Check the message again as things stand now and mark it `sending`; or hold or
+        suppress it, or leave it (`gone`: it is no longer waiting)."""
+        now = self.now()
+        customer = (await outreach.load_customers(conn, [delivery["customer_id"]])).get(
+            delivery["customer_id"]
+        ) or {}
+        conditions = self._conditions.get((delivery["rule_id"], delivery["rule_version"]))
+        unmet_now = unmet(conditions, customer) if conditions is not None else None
+        tz = zone(customer.get("time_zone"), self.safeguards.default_time_zone)
+        today = local_day(now, tz)
+        today_count, week_count = delivery["counted"]
+        decision = (
+            Decision("suppress", f"no longer meets the rule's conditions: {unmet_now}")
+            if unmet_now is not None
+            else decide(
+                channel=delivery["channel"],
+                transactional=delivery["transactional"],
+                consent=customer.get("consent") or {},
+                tz=tz,
+                now=now,
+                due_at=delivery["due_at"],
+                sent_today=today_count,
+                sent_this_week=week_count,
+                rules=self.safeguards,
+            )
+        )
+        waiting = ("scheduled", "held")
+        if decision.verdict == "suppress":
+            if not await outreach.take(conn, delivery["id"], waiting, now, status="suppressed"):
+                return "gone"
+            await self._suppress(conn, [(delivery, decision.reason)], now)
+            return "suppressed"
+        if decision.verdict == "hold":
+            values = {"reason": decision.reason, "due_at": decision.until}
+            taken = await outreach.take(conn, delivery["id"], waiting, now, status="held", **values)
+            return "held" if taken else "gone"
+        taken = await outreach.take(
+            conn,
+            delivery["id"],
+            waiting,
+            now,
+            status="sending",
+            attempts=delivery["attempts"] + 1,
+            local_date=today.isoformat(),
+        )
+        if not taken:
+            return "gone"
+        delivery["customer"] = customer
+        return "sending"
 
     async def _decide(
         self,
@@ -160,17 +232,15 @@ class Dispatcher:
                 due_at=decision.until,
             )
             return None
-        await outreach.set_status(
-            conn,
-            delivery["id"],
-            now,
-            status="sending",
-            attempts=delivery["attempts"] + 1,
-            local_date=today.isoformat(),
+        # It may go: counted for the caps of the run's next messages, claimed when its
+        # turn comes (`_claim`), with the counts it was decided on.
+        counted = (
+            sum(n for day, n in mine.items() if day >= today.isoformat()),
+            sum(n for day, n in mine.items() if day >= week_start(today).isoformat()),
         )
         mine = sent.setdefault((delivery["customer_id"], delivery["channel"]), {})
         mine[today.isoformat()] = mine.get(today.isoformat(), 0) + 1
-        return {**delivery, "customer": customer}
+        return {**delivery, "customer": customer, "counted": counted}
 
     async def _send(self, delivery: dict[str, Any]) -> str:
         # Sent in the trigger's trace: the channel's log lines carry it.
@@ -181,16 +251,24 @@ class Dispatcher:
         try:
             message = await self._message(delivery)
             result = await self.channels[delivery["channel"]].send(message)
-        except (TemplateError, KeyError, ValueError) as exc:
+        except Exception as exc:  # this message's own failure: the run goes on
+            error = (
+                str(exc) if isinstance(exc, TemplateError | KeyError | ValueError) else repr(exc)
+            )
+            if not isinstance(exc, TemplateError | KeyError | ValueError):
+                log.exception(
+                    "message could not be built or sent",
+                    extra={"delivery_id": delivery["id"], "channel": delivery["channel"]},
+                )
             async with self.db.transaction() as conn:
-                await self._finish(conn, delivery, "failed", error=str(exc))
+                await self._finish(conn, delivery, "failed", error=error)
             return "failed"
         async with self.db.transaction() as conn:
             if result.ok:
                 await self._finish(conn, delivery, "sent")
                 return "sent"
             paused = _paused_until(self.channels[delivery["channel"]])
-            if paused is not None:
+            if paused is not None and result.retryable:
                 # The endpoint is resting after failures: wait for it without using up the
                 # message's attempts.
                 await outreach.set_status(

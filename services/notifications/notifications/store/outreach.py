@@ -273,6 +273,23 @@ async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[dict[str
     return sorted(found, key=lambda d: d["due_at"])[:limit]
 
 
+async def take(
+    conn: AsyncConnection,
+    delivery_id: str,
+    statuses: Sequence[str],
+    now: datetime,
+    **values: Any,
+) -> bool:
+    """Set these values on the message if it is in one of `statuses`; whether it was (a
+    message another writer moved on meanwhile is left as it is)."""
+    result = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status.in_(statuses))
+        .values(updated_at=now, **values)
+    )
+    return bool(result.rowcount)
+
+
 async def set_status(conn: AsyncConnection, delivery_id: str, now: datetime, **values: Any) -> None:
     await conn.execute(
         update(deliveries).where(deliveries.c.id == delivery_id).values(updated_at=now, **values)
