@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -115,6 +116,21 @@ async def test_a_rejected_event_answers_422_problem_naming_the_field(
     body = response.json()
     assert body["detail"] == "data.amount: Field required" and body["field"] == "data.amount"
     assert await outbox_of(app) == []
+
+
+async def test_a_contact_id_too_long_for_its_streams_is_refused_and_others_go_on(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    longest, too_long = "c" * 190, "c" * 191
+    refused, accepted, good = await asyncio.gather(  # posted together: one shared transaction
+        client.post("/v1/events", json=purchase_json(too_long)),
+        client.post("/v1/events", json=purchase_json(longest)),
+        client.post("/v1/events", json=purchase_json("c1")),
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == "subject: a contact id has at most 190 characters"
+    assert (accepted.status_code, good.status_code) == (202, 202)
+    assert {key for key, _ in await activity_of(app)} == {longest, "c1"}
 
 
 async def test_a_batch_answers_with_an_outcome_per_event_in_order(

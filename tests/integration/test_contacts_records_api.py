@@ -90,6 +90,7 @@ async def test_bad_fields_get_a_422_problem_naming_them(client: httpx.AsyncClien
         ({"colour": "red"}, "body.colour"),
         ({"phones": ["+1 555"]}, "body.phones"),
         ({"external_ids": ["noseparator"]}, "external_ids"),
+        ({"attributes": {"bio": "x" * 501}}, "body.attributes"),  # stored as text of 500
     ]
     for body, field in cases:
         response = await client.post("/v1/contacts", json=body)

@@ -40,14 +40,15 @@ async def test_a_group_never_exceeds_the_item_limit() -> None:
     assert all(len(g) <= 5 for g in apply.groups) and len(apply.groups) == 6
 
 
-async def test_a_failed_transaction_fails_its_callers_only() -> None:
+async def test_a_failed_transaction_fails_only_the_caller_whose_items_fail_it() -> None:
     apply = Recorder(fail_on=7)
     group = GroupCommit(apply)
     first = asyncio.create_task(group.submit([1]))
     await asyncio.sleep(0)  # the first transaction starts with item 1 alone
-    rest = [asyncio.create_task(group.submit([i])) for i in (7, 8)]
+    bad, good = (asyncio.create_task(group.submit(items)) for items in ([7, 6], [8]))
     assert await first == [10]
-    for task in rest:
-        with pytest.raises(RuntimeError, match="away"):
-            await task
+    with pytest.raises(RuntimeError, match="away"):
+        await bad
+    assert await good == [80]
+    assert apply.groups[1:] == [[7, 6, 8], [7, 6], [8]]  # together, then each caller alone
     assert await group.submit([9]) == [90]  # the next group goes through

@@ -4,13 +4,17 @@ Every caller submits a list of items and gets back one result per item. While a
 transaction is running, new submissions wait and then go together into the next one, so
 under load the number of transactions stays small however many callers there are, and
 when idle a caller's items go at once.
+
+A shared transaction that fails is applied again caller by caller, so that one caller's
+bad items (a value the database refuses) fail that caller alone, not the others who
+happened to share its transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,16 +44,29 @@ class GroupCommit(Generic[T, R]):
             group = self._take()
             try:
                 results = await self._apply([item for items, _ in group for item in items])
-            except Exception as exc:  # every caller of the group learns why
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception as exc:
+                if len(group) == 1:
+                    _fail(group[0][1], exc)
+                else:  # whose items failed it? each caller alone
+                    for items, future in group:
+                        await self._alone(items, future)
                 continue
             start = 0
             for items, future in group:
                 if not future.done():  # a caller that gave up (cancelled) is skipped
                     future.set_result(results[start : start + len(items)])
                 start += len(items)
+
+    async def _alone(self, items: Sequence[T], future: asyncio.Future[list[R]]) -> None:
+        if future.done():  # gave up meanwhile
+            return
+        try:
+            results = await self._apply(list(items))
+        except Exception as exc:
+            _fail(future, exc)
+            return
+        if not future.done():
+            future.set_result(results)
 
     def _take(self) -> list[tuple[Sequence[T], asyncio.Future[list[R]]]]:
         group: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
@@ -59,3 +76,8 @@ class GroupCommit(Generic[T, R]):
             group.append((items, future))
             count += len(items)
         return group
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -12,6 +12,8 @@ from typing import Any
 from contacts.domain.profile import normalise_email, normalise_phone
 
 PREFIXES = ("email:", "phone:", "ext:")
+# A contact's event streams are named `contact-<id>` and `timeline-<id>`, in a column of 200.
+MAX_CONTACT_ID = 190
 
 
 def parse_identifier(subject: str) -> str:
@@ -23,8 +25,10 @@ def parse_identifier(subject: str) -> str:
         return "phone:" + normalise_phone(subject.removeprefix("phone:"))
     if subject.startswith("ext:"):
         return "ext:" + external_id(subject.removeprefix("ext:"))
-    if not subject or len(subject) > 200 or any(ch.isspace() for ch in subject):
+    if not subject or any(ch.isspace() for ch in subject):
         raise ValueError(f"{subject!r} is neither a contact id nor email:, phone: or ext:")
+    if len(subject) > MAX_CONTACT_ID:
+        raise ValueError(f"a contact id has at most {MAX_CONTACT_ID} characters")
     return "id:" + subject
 
 

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 AgeBand = Literal["under_18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 Gender = Literal["female", "male", "non_binary", "other", "undisclosed"]
 AttributeValue = str | int | float | bool | None
+# Attribute values are stored for filtering as text of at most this many characters.
+MAX_ATTRIBUTE_TEXT = 500
 LOCALE = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-([A-Z]{2}|[0-9]{3}))?$")
 TAG = re.compile(r"^[\w][\w .:/-]{0,63}$")
 ATTRIBUTE_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -117,9 +119,11 @@ class Profile(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, values: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
-        for key in values:
+        for key, value in values.items():
             if not ATTRIBUTE_KEY.match(key):
                 raise ValueError(f"attribute name {key!r} must be snake_case, at most 64 chars")
+            if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT:
+                raise ValueError(f"attribute {key!r} has more than {MAX_ATTRIBUTE_TEXT} characters")
         return {k: v for k, v in values.items() if v is not None}
 
     @field_validator("phones")
