@@ -390,6 +390,34 @@ async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_t
     assert (await client.get(f"/v1/contacts/{sent.json()['id']}")).status_code == 200
 
 
+async def test_an_erased_contacts_history_reads_emptied_and_its_merges_stay(
+    client: httpx.AsyncClient,
+) -> None:
+    kim = await create(client, {"first_name": "Kim"})
+    identified = await client.patch(  # a crm.contact.identified.v1 of its own
+        f"/v1/contacts/{kim['id']}",
+        json={"external_ids": ["shop:77"]},
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert identified.status_code == 200, identified.text
+    before = identified.json()["updated_at"]
+    twin = await create(client, {"first_name": "Kym"})
+    merged = await client.post(f"/v1/contacts/{kim['id']}/merge", json={"others": [twin["id"]]})
+    assert merged.status_code == 200, merged.text
+    assert (await client.post(f"/v1/contacts/{kim['id']}/erase")).status_code == 200
+
+    unmerged = await client.post(
+        f"/v1/contacts/{kim['id']}/unmerge", json={"contact_id": twin["id"]}
+    )
+    assert unmerged.status_code == 410, unmerged.text
+    history = await client.get(f"/v1/contacts/{kim['id']}/history")
+    assert history.status_code == 200, history.text
+    assert "shop:77" not in history.text and "Kim" not in history.text
+    then = await client.get(f"/v1/contacts/{kim['id']}", params={"as_of": before})
+    assert then.status_code == 200, then.text
+    assert then.json()["external_ids"] == [] and "Kim" not in then.text
+
+
 async def test_a_consent_change_naming_an_unknown_customer_applies_to_its_new_prospect(
     client: httpx.AsyncClient,
 ) -> None:

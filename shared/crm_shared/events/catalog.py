@@ -175,10 +175,11 @@ class ContactUpdated(EventData):
 
 @CATALOG.register("crm.contact.identified.v1")
 class ContactIdentified(EventData):
-    """An id in another system (`system:id`) now names this contact."""
+    """An id in another system (`system:id`) now names this contact. The id is personal
+    data: once the contact is erased, its stored and republished copies hold null."""
 
     contact_id: str
-    external_id: str
+    external_id: str | None
 
 
 @CATALOG.register("crm.contact.consent_changed.v1")

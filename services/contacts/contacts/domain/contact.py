@@ -72,6 +72,8 @@ def fold(state: Contact | None, data: EventData, at: datetime, contact_id: str) 
     if isinstance(data, ContactUpdated):
         return replace(state, profile=_patched(state.profile, data.changes))
     if isinstance(data, ContactIdentified):
+        if data.external_id is None:  # erased since
+            return state
         return replace(state, external_ids=(*state.external_ids, data.external_id))
     if isinstance(data, ConsentChanged):
         entry = {
@@ -217,6 +219,7 @@ def unmerge(
 
     The identifiers `restored` brought move back; the survivor's fields taken from it at the
     merge return to their previous values unless they have been changed since."""
+    _require_active(survivor)  # an erased one took the contacts merged into it along
     if restored.merged_into != survivor.id:
         raise DomainError(
             f"contact {restored.id} is not merged into {survivor.id}", field="contact_id"
