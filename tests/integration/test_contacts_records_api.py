@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -323,19 +324,20 @@ async def test_a_consent_change_sent_as_an_event_changes_the_record(
     await client.put(
         f"/v1/contacts/{ada['id']}/consent/email", json={"status": "granted", "source": "form"}
     )
+    clicked = datetime.now(UTC).isoformat()  # after the grant on record
     opt_out = {
         "specversion": "1.0",
         "id": "unsub-1",
         "source": "crm/notifications",
         "type": "crm.contact.consent_changed.v1",
         "subject": ada["id"],
-        "time": "2026-06-01T00:00:00Z",
+        "time": clicked,
         "data": {
             "contact_id": ada["id"],
             "channel": "email",
             "status": "revoked",
             "source": "unsubscribe-link",
-            "changed_at": "2026-06-01T00:00:00Z",
+            "changed_at": clicked,
         },
     }
     assert (await client.post("/v1/events", json=opt_out)).status_code == 202
@@ -347,6 +349,35 @@ async def test_a_consent_change_sent_as_an_event_changes_the_record(
     never = {**opt_out, "id": "unsub-2", "data": {**opt_out["data"], "channel": "sms"}}
     refused = await client.post("/v1/events", json=never)
     assert refused.status_code == 422 and "only be revoked once granted" in refused.json()["detail"]
+
+
+async def test_a_consent_change_made_before_the_one_on_record_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await create(client, ADA)
+    url = f"/v1/contacts/{ada['id']}/consent/email"
+    await client.put(url, json={"status": "granted", "source": "form"})
+    revoked = await client.put(url, json={"status": "revoked", "source": "unsubscribe-link"})
+    assert revoked.status_code == 200
+    late = {  # a grant made before the opt-out (no offset: UTC), delivered after it
+        "specversion": "1.0",
+        "id": "late-grant-1",
+        "source": "preference-centre",
+        "type": "crm.contact.consent_changed.v1",
+        "subject": ada["id"],
+        "time": "2026-01-01T00:00:00Z",
+        "data": {
+            "contact_id": ada["id"],
+            "channel": "email",
+            "status": "granted",
+            "source": "preference-centre",
+            "changed_at": "2026-01-01T00:00:00",
+        },
+    }
+    assert (await client.post("/v1/events", json=late)).status_code == 202
+    record = (await client.get(f"/v1/contacts/{ada['id']}")).json()
+    assert record["consent"]["email"]["status"] == "revoked"
+    assert record["consent"]["email"]["source"] == "unsubscribe-link"
 
 
 async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_them(

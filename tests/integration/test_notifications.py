@@ -885,6 +885,29 @@ async def test_the_unsubscribe_link_records_the_opt_out(
     assert [d["status"] for d in await deliveries(client, "c8")] == ["sent", "suppressed"]
 
 
+async def test_a_consent_grant_made_before_an_unsubscribe_but_taken_in_after_it_is_ignored(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("c9", NOON), stage("c9", "churned", NOON)])
+    await dispatch(app, NOON)
+    [mail] = smtp.to("c9@example.com")
+    link = next(word for word in body_of(mail).split() if "unsubscribe?token=" in word)
+    await client.get("/v1/unsubscribe", params={"token": httpx.URL(link).params["token"]})
+    late = {  # a preference centre's grant from before the click, delivered after it
+        "contact_id": "c9",
+        "channel": "email",
+        "status": "granted",
+        "source": "preference-centre",
+        "changed_at": (NOON + timedelta(hours=1)).isoformat(),
+    }
+    await feed(app, [ev("crm.contact.consent_changed.v1", "c9", late, NOON + timedelta(hours=1))])
+    await feed(app, [stage("c9", "dormant", NOON + timedelta(days=2))])
+    await dispatch(app, NOON + timedelta(days=6))
+    [_, wake_up] = await deliveries(client, "c9")
+    assert (wake_up["status"], wake_up["reason"]) == ("suppressed", "no consent on email (revoked)")
+    assert len(smtp.to("c9@example.com")) == 1
+
+
 async def test_a_birthday_greeting_is_scheduled_on_the_day_where_the_customer_lives(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:

@@ -8,7 +8,7 @@ Decisions return event payloads; the caller appends them with the version it rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from contacts.domain.identity import external_id
@@ -168,9 +168,10 @@ def change_consent(
         raise DomainError(
             f"channel must be one of {', '.join(CHANNELS)}", status=422, field="channel"
         )
-    current = state.consent.get(channel, {}).get("status")
-    if current == status:
-        return None
+    entry = state.consent.get(channel, {})
+    current = entry.get("status")
+    if current == status or _older(at, entry.get("changed_at")):
+        return None  # nothing changes; or a change made before the one on record, late
     if status == "revoked" and current != "granted":
         raise DomainError(
             f"consent on {channel} can only be revoked once granted "
@@ -348,3 +349,13 @@ def _identifiers_leaving(
         if kept != current:
             result[name] = kept
     return result
+
+
+def _older(at: datetime, recorded: str | None) -> bool:
+    """Whether a consent change made `at` predates the change on record (ISO text); a time
+    without an offset is taken as UTC."""
+    return recorded is not None and _utc(at) < _utc(datetime.fromisoformat(recorded))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -276,6 +276,9 @@ def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent
         _profile(view, data.profile if isinstance(data, ContactCreated) else data.changes)
         return []
     if isinstance(data, ConsentChanged):
+        recorded = (view["consent"].get(data.channel) or {}).get("changed_at")
+        if recorded is not None and _utc(data.changed_at) < _utc(datetime.fromisoformat(recorded)):
+            return []  # made before the change on record (an unsubscribe click), arrived late
         view["consent"] = {
             **view["consent"],
             data.channel: {
@@ -300,6 +303,11 @@ def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent
         return _score(view, event.id, who, at, data)
     nps = data.nps if isinstance(data, FeedbackSubmitted) else None
     return [TriggerEvent(who, event.id, "event", at, event.type, nps=nps)]
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time without an offset taken as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _profile(view: dict[str, Any], fields: dict[str, Any]) -> None:
