@@ -776,6 +776,53 @@ async def test_a_channel_that_breaks_on_one_message_fails_it_alone(
     ]
 
 
+class Unreachable:
+    """An email channel whose every attempt fails for now (a timeout: try again later)."""
+
+    name = "email"
+
+    async def send(self, message: Any) -> SendResult:
+        return SendResult(ok=False, detail="timed out", retryable=True)
+
+
+@pytest.mark.parametrize("buys", [True, False])
+async def test_a_purchase_taken_in_during_an_attempt_that_fails_cancels_the_retry(
+    app: FastAPI, client: httpx.AsyncClient, buys: bool
+) -> None:
+    customer = f"y{int(buys)}"
+    await feed(app, [*contact(customer, NOON), stage(customer, "churned", NOON)])
+    purchase = ev("crm.purchase.completed.v1", customer, PURCHASE, NOON + timedelta(minutes=1))
+
+    async def buy(_: Any) -> None:  # taken in while the channel tries
+        if buys:
+            await feed(app, [purchase])
+
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.channels = {**dispatcher.channels, "email": Flaky(Unreachable(), {1: buy})}
+    await dispatch(app, NOON + timedelta(minutes=2))
+    [message] = await deliveries(client, customer)
+    if buys:
+        assert (message["status"], message["reason"]) == (
+            "suppressed",
+            f"cancelled by crm.purchase.completed.v1 ({purchase.id})",
+        )
+    else:  # tried again later
+        assert (message["status"], message["error"]) == ("scheduled", "timed out")
+
+
+async def test_a_message_held_for_the_night_that_fails_in_the_morning_is_tried_again(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    night = datetime(2026, 6, 10, 22, 30, tzinfo=UTC)  # 00:30 in Berlin
+    await feed(app, [*contact("y2", night), stage("y2", "churned", night)])
+    assert (await dispatch(app, night)).held == 1  # its reason: "quiet hours"
+    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher.channels = {**dispatcher.channels, "email": Unreachable()}
+    await dispatch(app, datetime(2026, 6, 11, 6, 0, tzinfo=UTC))
+    [message] = await deliveries(client, "y2")
+    assert (message["status"], message["error"]) == ("scheduled", "timed out")
+
+
 async def test_consent_withdrawn_while_a_run_sends_stops_the_customers_message(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:

@@ -174,6 +174,7 @@ class Dispatcher:
             waiting,
             now,
             status="sending",
+            reason=None,  # while sending, a reason is a cancellation asked for meanwhile
             attempts=delivery["attempts"] + 1,
             local_date=today.isoformat(),
         )
@@ -267,6 +268,10 @@ class Dispatcher:
             if result.ok:
                 await self._finish(conn, delivery, "sent")
                 return "sent"
+            cancelled = await outreach.cancel_asked(conn, delivery["id"])
+            if cancelled is not None:  # an event taken in during the attempt cancels it
+                await self._finish(conn, delivery, "suppressed", reason=cancelled)
+                return "suppressed"
             paused = _paused_until(self.channels[delivery["channel"]])
             if paused is not None and result.retryable:
                 # The endpoint is resting after failures: wait for it without using up the

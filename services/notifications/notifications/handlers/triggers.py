@@ -136,7 +136,11 @@ class Triggers:
             by_customer[event.subject].append(event)
         cancelled: list[tuple[dict[str, Any], str]] = []
         moved: list[dict[str, Any]] = []
-        for delivery in await outreach.cancellable(conn, by_customer.keys() | merged.keys()):
+        found = await outreach.cancellable(conn, by_customer.keys() | merged.keys())
+        # A message with a channel now cannot be called back: should this attempt fail, the
+        # dispatcher suppresses it instead of trying again. (It is not moved: it is due.)
+        sending = [d for d in found if d["status"] == "sending"]
+        for delivery in [d for d in found if d["status"] != "sending"]:
             survivor = merged.get(delivery["customer_id"])
             if survivor is not None:
                 cancelled.append((delivery, merged_reason(survivor)))
@@ -185,6 +189,12 @@ class Triggers:
                         "at": now,
                     }
                 )
+        asked = [
+            (d["id"], why)
+            for d in sending
+            if (why := _cancelled_why(d, by_customer, superseded, merged)) is not None
+        ]
+        await outreach.ask_to_cancel(conn, asked, now)
         await outreach.suppress(conn, [(d["id"], reason) for d, reason in cancelled], now)
         await outreach.move(conn, moved)
         messages = [
@@ -211,6 +221,29 @@ class Triggers:
         await outreach.reschedule(
             conn, [d["id"] for d in found if d["trigger_event_id"] in standing], now
         )
+
+
+def _cancelled_why(
+    delivery: dict[str, Any],
+    by_customer: dict[str, list[Event[EventData]]],
+    superseded: dict[str, str],
+    merged: dict[str, str],
+) -> str | None:
+    """Why this batch cancels a message that is being sent, if it does."""
+    survivor = merged.get(delivery["customer_id"])
+    if survivor is not None:
+        return merged_reason(survivor)
+    correction = superseded.get(delivery["trigger_event_id"])
+    if correction is not None:
+        return f"its trigger was corrected away (lifecycle's {correction})"
+    for event in by_customer.get(delivery["customer_id"], []):
+        if (
+            event.type in delivery["cancel_on"]
+            and event.time >= delivery["trigger_time"]
+            and event.id != delivery["trigger_event_id"]
+        ):
+            return f"cancelled by {event.type} ({event.id})"
+    return None
 
 
 def merged_reason(survivor: str) -> str:

@@ -51,6 +51,7 @@ _CANCELLABLE = (
             deliveries.c[name]
             for name in (
                 "id",
+                "status",
                 "customer_id",
                 "rule_id",
                 "channel",
@@ -66,7 +67,7 @@ _CANCELLABLE = (
     )
     .where(
         deliveries.c.customer_id.in_(_IDS),
-        deliveries.c.status.concat("").in_(("scheduled", "held")),
+        deliveries.c.status.concat("").in_(("scheduled", "held", "sending")),
     )
     .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
 )
@@ -248,8 +249,9 @@ async def add_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
 
 
 async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """These customers' messages not sent yet, by customer in the order they were made:
-    what cancelling one needs, its context still as JSON text (`context_json`)."""
+    """These customers' messages not sent yet (waiting, or with a channel now), by customer
+    in the order they were made: what cancelling one needs, its context still as JSON text
+    (`context_json`)."""
     wanted = sorted(set(customer_ids))
     found: list[dict[str, Any]] = []
     for start in range(0, len(wanted), 1000):
@@ -316,6 +318,32 @@ async def suppress(
     if reasons:
         rows = [{"delivery_id": i, "why": why, "at": now} for i, why in reasons]
         await conn.execute(_SUPPRESS_CLEARING if clear_error else _SUPPRESS, rows)
+
+
+_ASK_CANCEL = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == "sending")
+    .values(reason=bindparam("why"), updated_at=bindparam("at"))
+)
+
+
+async def ask_to_cancel(
+    conn: AsyncConnection, reasons: Sequence[tuple[str, str]], now: datetime
+) -> None:
+    """Note on messages being sent (id, reason) that they are cancelled should this attempt
+    fail: the dispatcher then suppresses them instead of trying again."""
+    if reasons:
+        rows = [{"delivery_id": i, "why": why, "at": now} for i, why in reasons]
+        await conn.execute(_ASK_CANCEL, rows)
+
+
+async def cancel_asked(conn: AsyncConnection, delivery_id: str) -> str | None:
+    """Why a message being sent is to be cancelled, if it is."""
+    query = select(deliveries.c.reason).where(
+        deliveries.c.id == delivery_id, deliveries.c.status == "sending"
+    )
+    reason: str | None = (await conn.execute(query)).scalar()
+    return reason
 
 
 async def deliveries_of(conn: AsyncConnection, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
