@@ -823,6 +823,21 @@ async def test_a_message_held_for_the_night_that_fails_in_the_morning_is_tried_a
     assert (message["status"], message["error"]) == ("scheduled", "timed out")
 
 
+async def test_a_message_the_consumer_is_cancelling_is_not_sent_meanwhile(
+    app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
+) -> None:
+    await feed(app, [*contact("z1", NOON), stage("z1", "churned", NOON)])
+    async with app.state.runtime.db.transaction() as conn:  # a consumer's cancellation pass
+        [waiting] = await outreach.cancellable(conn, ["z1"])
+        run = asyncio.create_task(dispatch(app, NOON))  # a dispatcher run meanwhile
+        await asyncio.wait([run], timeout=1.0)
+        await outreach.suppress(conn, [(waiting["id"], "cancelled by a purchase")], NOON)
+    await run
+    [message] = await deliveries(client, "z1")
+    assert message["status"] == "suppressed"
+    assert smtp.to("z1@example.com") == []
+
+
 async def test_consent_withdrawn_while_a_run_sends_stops_the_customers_message(
     app: FastAPI, client: httpx.AsyncClient, smtp: Mailbox
 ) -> None:

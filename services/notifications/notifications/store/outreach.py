@@ -71,6 +71,9 @@ _CANCELLABLE = (
     )
     .order_by(deliveries.c.customer_id, deliveries.c.created_at, deliveries.c.id)
 )
+# On PostgreSQL the rows stay locked until the consumer's transaction ends: a dispatcher
+# cannot claim a message the consumer is cancelling, nor finish one it asks to cancel.
+_CANCELLABLE_LOCKING = _CANCELLABLE.with_for_update()
 _DUE = (
     select(deliveries)
     .where(deliveries.c.status == bindparam("status"), deliveries.c.due_at <= bindparam("now"))
@@ -254,8 +257,9 @@ async def cancellable(conn: AsyncConnection, customer_ids: Iterable[str]) -> lis
     (`context_json`)."""
     wanted = sorted(set(customer_ids))
     found: list[dict[str, Any]] = []
+    query = _CANCELLABLE_LOCKING if conn.dialect.name == "postgresql" else _CANCELLABLE
     for start in range(0, len(wanted), 1000):
-        rows = await conn.execute(_CANCELLABLE, {"ids": wanted[start : start + 1000]})
+        rows = await conn.execute(query, {"ids": wanted[start : start + 1000]})
         found += [dict(r._mapping) for r in rows]
     return found
 
