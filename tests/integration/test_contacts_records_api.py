@@ -380,6 +380,43 @@ async def test_a_consent_change_made_before_the_one_on_record_changes_nothing(
     assert record["consent"]["email"]["source"] == "unsubscribe-link"
 
 
+async def test_an_unmerge_gives_each_contact_its_own_lists_back(
+    client: httpx.AsyncClient,
+) -> None:
+    amy = await create(
+        client,
+        {"emails": ["amy@example.com"], "tags": ["a-tag"], "external_ids": ["shop:77"]},
+        allow_duplicate="true",
+    )
+    bea = await create(
+        client,
+        {"emails": ["bea@example.com"], "tags": ["b-secret"], "external_ids": ["shop:77", "crm:9"]},
+        allow_duplicate="true",
+    )
+    merged = await client.post(
+        f"/v1/contacts/{amy['id']}/merge",
+        json={"others": [bea["id"]], "fields": {"emails": bea["id"]}},
+    )
+    assert merged.status_code == 200, merged.text
+    profile = merged.json()["profile"]
+    assert profile["emails"] == ["bea@example.com", "amy@example.com"]  # the chosen one first
+    assert profile["tags"] == ["a-tag", "b-secret"]
+    found = await client.get("/v1/contacts", params={"ref": "email:amy@example.com"})
+    assert [c["id"] for c in found.json()["items"]] == [amy["id"]]
+
+    unmerged = await client.post(
+        f"/v1/contacts/{amy['id']}/unmerge", json={"contact_id": bea["id"]}
+    )
+    assert unmerged.status_code == 200, unmerged.text
+    back = unmerged.json()
+    assert back["profile"]["emails"] == ["amy@example.com"]
+    assert back["profile"]["tags"] == ["a-tag"]
+    assert back["external_ids"] == ["shop:77"]
+    restored = (await client.get(f"/v1/contacts/{bea['id']}")).json()
+    assert restored["profile"]["emails"] == ["bea@example.com"]
+    assert sorted(restored["external_ids"]) == ["crm:9", "shop:77"]
+
+
 async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_them(
     client: httpx.AsyncClient,
 ) -> None:

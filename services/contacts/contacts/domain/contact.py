@@ -214,18 +214,26 @@ def merge(
 
 
 def unmerge(
-    survivor: Contact, restored: Contact, merge_event: ContactMerged, *, actor: str | None
+    survivor: Contact,
+    restored: Contact,
+    merge_event: ContactMerged,
+    *,
+    actor: str | None,
+    survivor_before: Contact | None = None,
 ) -> ContactUnmerged:
     """Undo the merge of `restored` into `survivor`.
 
-    The identifiers `restored` brought move back; the survivor's fields taken from it at the
-    merge return to their previous values unless they have been changed since."""
+    The identifiers and tags `restored` brought move back, except those the survivor had
+    itself before the merge (`survivor_before`: the survivor just before it); the survivor's
+    fields taken from it at the merge return to their previous values unless they have been
+    changed since."""
     _require_active(survivor)  # an erased one took the contacts merged into it along
     if restored.merged_into != survivor.id:
         raise DomainError(
             f"contact {restored.id} is not merged into {survivor.id}", field="contact_id"
         )
-    moved = merge_event.moved.get(restored.id, [])
+    own = set(survivor_before.identifiers) if survivor_before is not None else set()
+    moved = [x for x in merge_event.moved.get(restored.id, []) if x not in own]
     changes = {
         name: merge_event.previous.get(name)
         for name, value in merge_event.changes.items()
@@ -234,6 +242,7 @@ def unmerge(
         and restored.profile.get(name) == value
     }
     changes.update(_identifiers_leaving(survivor, merge_event, moved))
+    changes.update(_tags_leaving(survivor, restored, merge_event))
     return ContactUnmerged(
         survivor_id=survivor.id, restored_id=restored.id, changes=changes, moved=moved, actor=actor
     )
@@ -326,8 +335,10 @@ def _with_union_of_lists(
     """Emails, phones and tags of every merged contact stay reachable on the survivor."""
     result = dict(changes)
     for name in LIST_FIELDS:
-        base = result.get(name, survivor.profile.get(name) or [])
-        union = list(dict.fromkeys([*base, *(v for c in others for v in c.profile.get(name, []))]))
+        own = survivor.profile.get(name) or []
+        chosen = result.get(name) or []  # first, where another contact's list was chosen
+        others_values = (v for c in others for v in c.profile.get(name, []))
+        union = list(dict.fromkeys([*chosen, *own, *others_values]))
         if union != survivor.profile.get(name, []):
             result[name] = union
     return result
@@ -349,6 +360,19 @@ def _identifiers_leaving(
         if kept != current:
             result[name] = kept
     return result
+
+
+def _tags_leaving(
+    survivor: Contact, restored: Contact, merge_event: ContactMerged
+) -> dict[str, Any]:
+    """Tags the restored contact brought leave the survivor again, except those the
+    survivor had itself before the merge."""
+    if "tags" not in merge_event.changes:
+        return {}
+    gone = set(restored.profile.get("tags", [])) - set(merge_event.previous.get("tags") or [])
+    current = survivor.profile.get("tags", [])
+    kept = [t for t in current if t not in gone]
+    return {"tags": kept} if kept != current else {}
 
 
 def _older(at: datetime, recorded: str | None) -> bool:

@@ -242,7 +242,10 @@ class ContactService:
             survivor = await self._current(conn, survivor_id, None)
             restored = await self._current(conn, restored_id, None)
             merge_event = await self._merge_of(conn, restored_id)
-            event = domain.unmerge(survivor, restored, merge_event, actor=actor)
+            before = await self._before_merge(conn, survivor_id, restored_id)
+            event = domain.unmerge(
+                survivor, restored, merge_event, actor=actor, survivor_before=before
+            )
             known = {survivor_id: survivor, restored_id: restored}
             result = await self.apply(
                 conn, [Change(i, event) for i in known], known, key=survivor_id
@@ -320,6 +323,27 @@ class ContactService:
             raise NotFound(contact_id)
         if if_match is not None and if_match not in {etag(state), "*"}:
             raise PreconditionFailed(contact_id, if_match, state.version)
+        return state
+
+    async def _before_merge(
+        self, conn: AsyncConnection, survivor_id: str, merged_id: str
+    ) -> Contact | None:
+        """The survivor as it was just before its last merge of `merged_id`."""
+        stream = await self.store.read_stream(conn, records.record_stream(survivor_id))
+        folded = [records.payload(self.registry, r) for r in stream]
+        last = max(
+            (
+                i
+                for i, data in enumerate(folded)
+                if isinstance(data, ContactMerged) and merged_id in data.merged_ids
+            ),
+            default=None,
+        )
+        if last is None:
+            return None
+        state = None
+        for recorded, data in zip(stream[:last], folded[:last], strict=True):
+            state = domain.fold(state, data, recorded.recorded_at, survivor_id)
         return state
 
     async def _merge_of(self, conn: AsyncConnection, contact_id: str) -> ContactMerged:
