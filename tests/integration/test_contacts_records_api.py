@@ -16,6 +16,7 @@ from sqlalchemy import select
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
 from contacts.store import records
+from contacts.store.tables import erased_identifiers
 from crm_shared.app.runtime import Runtime
 from crm_shared.events.envelope import BATCH_CONTENT_TYPE
 from tests.support.apps import api_client
@@ -456,6 +457,27 @@ async def test_erasing_a_survivor_erases_the_contacts_merged_into_it_and_locks_t
     assert by_email.json()["items"] == []
     # The other Grace (found by phone, created with an idempotency key) is untouched.
     assert (await client.get(f"/v1/contacts/{sent.json()['id']}")).status_code == 200
+
+
+async def test_events_naming_an_erased_contacts_email_phone_or_external_id_are_refused(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    eve = await create(
+        client,
+        {"emails": ["eve@example.com"], "phones": ["+442079460999"], "external_ids": ["shop:5"]},
+    )
+    assert (await client.post(f"/v1/contacts/{eve['id']}/erase")).status_code == 200
+    for n, subject in enumerate(
+        ["email:EVE@example.com", "phone:+44 20 7946 0999", "ext:shop:5", eve["id"]]
+    ):
+        late = await client.post("/v1/events", json=purchase_json(subject, day=n + 1))
+        assert late.status_code == 422, (subject, late.text)
+        assert "erased" in late.json()["detail"]
+    other = await client.post("/v1/events", json=purchase_json("email:adam@example.com"))
+    assert other.status_code == 202
+    async with app.state.runtime.db.read() as conn:  # kept as keyed hashes only
+        kept = str((await conn.execute(select(erased_identifiers))).all())
+    assert "eve@" not in kept and "0999" not in kept and "shop:5" not in kept
 
 
 async def test_an_erased_contacts_history_reads_emptied_and_its_merges_stay(

@@ -46,6 +46,7 @@ SECRET_SETTINGS = {
     "CRM_AUTH_JWT_SECRET",
     "CRM_UNSUBSCRIBE_SECRET",
     "CRM_WEBHOOK_SECRET",
+    "CRM_ERASURE_SECRET",
     "CRM_SMTP_PASSWORD",
 }
 # The periodic jobs (Runtime.every) of each service. Each run holds a lease on PostgreSQL, so

@@ -34,9 +34,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def with_vault(runtime: Runtime) -> Vault:
+def with_vault(runtime: Runtime, erasure_secret: str) -> Vault:
     """Personal data is sealed in every event contacts stores, and opened when published."""
-    vault = Vault(runtime.db, utcnow)
+    vault = Vault(runtime.db, utcnow, erasure_secret=erasure_secret)
     runtime.events.codec = vault
     runtime.outbox.codec = vault
     runtime.prepare_outgoing = vault.open_messages
@@ -46,7 +46,7 @@ def with_vault(runtime: Runtime) -> Vault:
 def create_app(settings: ContactsSettings | None = None) -> FastAPI:
     settings = settings or ContactsSettings()
     runtime = Runtime(settings, tables=core, migrations=MIGRATIONS, topics=[CUSTOMER_EVENTS])
-    vault = with_vault(runtime)
+    vault = with_vault(runtime, settings.erasure_secret)
     contacts = ContactService(
         runtime.db,
         runtime.events,

@@ -78,7 +78,7 @@ async def _run_import(
             runtime.outbox,
             runtime.registry,
             utcnow,
-            vault=with_vault(runtime),
+            vault=with_vault(runtime, settings.erasure_secret),
         )
         return await Importer(contacts, chunk_rows=chunk).run(
             lambda: path.open(encoding="utf-8-sig", newline=""),

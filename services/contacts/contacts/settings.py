@@ -26,3 +26,8 @@ class ContactsSettings(ServiceSettings):
         default="create",
         description="an event naming an unknown customer creates a prospect, or is rejected",
     )
+    erasure_secret: str = Field(
+        default="change-me-erasure",
+        description="the key erased contacts' emails, phones and external ids are kept "
+        "with, as HMAC-SHA256 hashes, so that events naming them are refused",
+    )

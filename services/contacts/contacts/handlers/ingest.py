@@ -207,6 +207,9 @@ class Ingestor:
                 survivor = merged[contact_id] and await records.survivor_of(conn, contact_id)
                 owners[ident] = survivor or contact_id
         missing = sorted(idents - set(owners))
+        # An erased contact's email, phone or external id names it still: refused below.
+        owners.update(await self._contacts.vault.erased_identifiers(conn, missing))
+        missing = sorted(idents - set(owners))
         if not missing or self._unknown != "create":
             return owners, set()
         created = await self._create_prospects(conn, missing, first_times, unwritten)

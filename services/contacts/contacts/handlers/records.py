@@ -266,7 +266,8 @@ class ContactService:
             event = domain.erase(state, ids, actor=actor)
             known = {i: await self._current(conn, i, None) for i in ids}
             await self.apply(conn, [Change(i, event) for i in ids], known, key=contact_id)
-            await self.vault.destroy(conn, ids, erased_with=contact_id)
+            identifiers = {i: state.identifiers for i, state in known.items()}
+            await self.vault.destroy(conn, ids, erased_with=contact_id, identifiers=identifiers)
             await records.forget(conn, ids)
             erased = await records.erasure_of(conn, contact_id)
         self.wake()

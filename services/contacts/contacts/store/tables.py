@@ -96,3 +96,12 @@ erasures = Table(
     Column("erased_with", String(200), nullable=False),
     Column("erased_at", UtcDateTime(), nullable=False),
 )
+
+# The identifiers erased contacts had (emails, phones, external ids), kept only as keyed
+# hashes (HMAC-SHA256): an event that names one later is refused, not made a new prospect.
+erased_identifiers = Table(
+    "erased_identifiers",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("contact_id", String(200), nullable=False),
+)

@@ -9,6 +9,8 @@ can open that contact's data again.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
-from contacts.store.tables import contact_keys, erasures
+from contacts.store.tables import contact_keys, erased_identifiers, erasures
 from crm_shared import privacy
 from crm_shared.events.envelope import CloudEvent
 from crm_shared.store import jsontext
@@ -42,6 +44,11 @@ _INSERT_KEYS = {
     "postgresql": postgresql.insert(contact_keys).on_conflict_do_nothing(),
     "sqlite": sqlite.insert(contact_keys).on_conflict_do_nothing(),
 }
+# An identifier two erased contacts had keeps the first.
+_INSERT_ERASED = {
+    "postgresql": postgresql.insert(erased_identifiers).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(erased_identifiers).on_conflict_do_nothing(),
+}
 
 
 class ErasedContact(Exception):
@@ -62,9 +69,12 @@ class _InTransaction:
 
 
 class Vault:
-    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, db: Database, clock: Callable[[], datetime], *, erasure_secret: str = ""
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._erasure_key = erasure_secret.encode()
         # The keys read or made in the current write transaction (which the cache holds, so
         # no later transaction can be taken for it): sealing a contact's creation and then
         # its outbox message looked the same key up twice. And the events sealed in it, by
@@ -130,8 +140,32 @@ class Vault:
             return set()
         return set((await conn.execute(_ERASED, {"ids": wanted})).scalars())
 
-    async def destroy(self, conn: AsyncConnection, ids: Sequence[str], *, erased_with: str) -> None:
-        """Delete the keys of these contacts and remember that they were erased."""
+    def digest(self, identifier: str) -> str:
+        """The keyed hash an erased identifier is kept as."""
+        return hmac.new(self._erasure_key, identifier.encode(), hashlib.sha256).hexdigest()
+
+    async def erased_identifiers(
+        self, conn: AsyncConnection, identifiers: Iterable[str]
+    ) -> dict[str, str]:
+        """Which of these identifiers (subject form) an erased contact had -> that contact."""
+        digests = {self.digest(i): i for i in identifiers}
+        if not digests:
+            return {}
+        query = select(erased_identifiers.c.digest, erased_identifiers.c.contact_id).where(
+            erased_identifiers.c.digest.in_(list(digests))
+        )
+        return {digests[row.digest]: row.contact_id for row in await conn.execute(query)}
+
+    async def destroy(
+        self,
+        conn: AsyncConnection,
+        ids: Sequence[str],
+        *,
+        erased_with: str,
+        identifiers: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Delete the keys of these contacts and remember that they were erased, and the
+        identifiers they had (contact id -> identifiers) as keyed hashes only."""
         current = self._current(conn)
         current.sealed.clear()  # sealed with keys about to go
         for contact_id in ids:
@@ -146,6 +180,16 @@ class Vault:
         ]
         if rows:
             await conn.execute(insert(erasures), rows)
+        hashed = {
+            self.digest(i): contact_id
+            for contact_id, idents in (identifiers or {}).items()
+            for i in idents
+        }
+        if hashed:
+            await conn.execute(
+                _INSERT_ERASED[conn.dialect.name],
+                [{"digest": d, "contact_id": c} for d, c in hashed.items()],
+            )
 
     # --- the event codec ---
 
