@@ -15,12 +15,13 @@ from sqlalchemy import select
 
 from contacts.bootstrap import create_app
 from contacts.settings import ContactsSettings
+from contacts.store.tables import identifiers
 from crm_shared.app.runtime import Runtime
 from crm_shared.events import BATCH_CONTENT_TYPE
 from crm_shared.messaging.topics import CUSTOMER_EVENTS
 from tests.support.apps import api_client
 from tests.support.db import statements_of
-from tests.support.events import login_json, purchase_json
+from tests.support.events import login_json, purchase, purchase_json
 
 BATCH = {"content-type": BATCH_CONTENT_TYPE}
 CREATED = "crm.contact.created.v1"
@@ -131,6 +132,29 @@ async def test_a_contact_id_too_long_for_its_streams_is_refused_and_others_go_on
     assert refused.json()["detail"] == "subject: a contact id has at most 190 characters"
     assert (accepted.status_code, good.status_code) == (202, 202)
     assert {key for key, _ in await activity_of(app)} == {longest, "c1"}
+
+
+async def test_one_new_customer_named_on_two_paths_at_once_becomes_one_prospect(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    ingestor, runtime = app.state.ingestor, app.state.runtime
+
+    async def inbound(n: int) -> None:  # the crm.inbound consumer's transaction
+        async with runtime.db.transaction() as conn:
+            await ingestor.on_inbound(conn, [purchase(f"email:twice{n}@example.com", day=1)])
+
+    async def posted(n: int) -> None:  # a POST /v1/events at the same moment
+        [outcome] = await ingestor.ingest([purchase_json(f"email:twice{n}@example.com", day=2)])
+        assert outcome.status == "accepted"
+
+    for n in range(5):
+        await asyncio.gather(inbound(n), posted(n))
+    async with runtime.db.read() as conn:
+        owners = (
+            await conn.execute(select(identifiers.c.identifier, identifiers.c.contact_id))
+        ).all()
+    for n in range(5):
+        assert len([o for o in owners if o.identifier == f"email:twice{n}@example.com"]) == 1
 
 
 async def test_a_batch_answers_with_an_outcome_per_event_in_order(

@@ -207,6 +207,13 @@ class Ingestor:
                 survivor = merged[contact_id] and await records.survivor_of(conn, contact_id)
                 owners[ident] = survivor or contact_id
         missing = sorted(idents - set(owners))
+        if missing and self._unknown == "create" and conn.dialect.name == "postgresql":
+            # Two transactions (a POST and the inbound consumer, or two replicas) naming the
+            # same unknown identifier would each make a prospect: the second waits for the
+            # first to commit, then finds its prospect. SQLite has one writer at a time.
+            await records.lock_identifiers(conn, missing)
+            owners.update(await records.resolve(conn, missing))
+            missing = sorted(idents - set(owners))
         # An erased contact's email, phone or external id names it still: refused below.
         owners.update(await self._contacts.vault.erased_identifiers(conn, missing))
         missing = sorted(idents - set(owners))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, delete, select
+from sqlalchemy import Text, bindparam, cast, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contacts.domain.contact import Contact, fold
@@ -158,6 +159,25 @@ async def survivor_of(conn: AsyncConnection, contact_id: str) -> str | None:
             return current
         current = merged_into
     return current
+
+
+# Advisory locks on identifiers (PostgreSQL): a namespace of their own (the two-key form),
+# then 32 bits of the identifier's hash.
+_IDENTIFIER_LOCKS = 0x43524D49  # "CRMI"
+_LOCK_IDENTIFIERS = text(
+    "SELECT pg_advisory_xact_lock(:namespace, k) "
+    "FROM (SELECT DISTINCT unnest(CAST(:keys AS integer[])) AS k ORDER BY k) AS keys"
+)
+
+
+async def lock_identifiers(conn: AsyncConnection, identifiers: Sequence[str]) -> None:
+    """Hold, until the transaction ends, a lock on each of these identifiers (taken in one
+    order, so two transactions cannot wait for each other)."""
+    keys = [
+        int.from_bytes(hashlib.sha256(i.encode()).digest()[:4], "big", signed=True)
+        for i in identifiers
+    ]
+    await conn.execute(_LOCK_IDENTIFIERS, {"namespace": _IDENTIFIER_LOCKS, "keys": keys})
 
 
 async def absorbed(conn: AsyncConnection, contact_id: str) -> list[str]:
