@@ -138,26 +138,9 @@ class Dispatcher:
         customer = (await outreach.load_customers(conn, [delivery["customer_id"]])).get(
             delivery["customer_id"]
         ) or {}
-        conditions = self._conditions.get((delivery["rule_id"], delivery["rule_version"]))
-        unmet_now = unmet(conditions, customer) if conditions is not None else None
         tz = zone(customer.get("time_zone"), self.safeguards.default_time_zone)
         today = local_day(now, tz)
-        today_count, week_count = delivery["counted"]
-        decision = (
-            Decision("suppress", f"no longer meets the rule's conditions: {unmet_now}")
-            if unmet_now is not None
-            else decide(
-                channel=delivery["channel"],
-                transactional=delivery["transactional"],
-                consent=customer.get("consent") or {},
-                tz=tz,
-                now=now,
-                due_at=delivery["due_at"],
-                sent_today=today_count,
-                sent_this_week=week_count,
-                rules=self.safeguards,
-            )
-        )
+        decision = self._verdict(delivery, customer, tz, now, delivery["counted"])
         waiting = ("scheduled", "held")
         if decision.verdict == "suppress":
             if not await outreach.take(conn, delivery["id"], waiting, now, status="suppressed"):
@@ -198,26 +181,12 @@ class Dispatcher:
         local day, read once for the run; a message this run sends is added to it, so the
         next one of the same customer counts it (as a query per message did). A message
         suppressed goes to `suppressed` (with the reason), for `_suppress`."""
-        conditions = self._conditions.get((delivery["rule_id"], delivery["rule_version"]))
-        unmet_now = unmet(conditions, customer) if conditions is not None else None
-        if unmet_now is not None:
-            delivery["status"] = "suppressed"
-            suppressed.append((delivery, f"no longer meets the rule's conditions: {unmet_now}"))
-            return None
         mine = sent.get((delivery["customer_id"], delivery["channel"]), {})
-        decision = decide(
-            channel=delivery["channel"],
-            transactional=delivery["transactional"],
-            consent=customer.get("consent") or {},
-            tz=tz,
-            now=now,
-            due_at=delivery["due_at"],
-            sent_today=sum(n for day, n in mine.items() if day >= today.isoformat()),
-            sent_this_week=sum(
-                n for day, n in mine.items() if day >= week_start(today).isoformat()
-            ),
-            rules=self.safeguards,
+        counted = (
+            sum(n for day, n in mine.items() if day >= today.isoformat()),
+            sum(n for day, n in mine.items() if day >= week_start(today).isoformat()),
         )
+        decision = self._verdict(delivery, customer, tz, now, counted)
         if decision.verdict == "suppress":
             delivery["status"] = "suppressed"
             suppressed.append((delivery, decision.reason))
@@ -235,13 +204,35 @@ class Dispatcher:
             return None
         # It may go: counted for the caps of the run's next messages, claimed when its
         # turn comes (`_claim`), with the counts it was decided on.
-        counted = (
-            sum(n for day, n in mine.items() if day >= today.isoformat()),
-            sum(n for day, n in mine.items() if day >= week_start(today).isoformat()),
-        )
         mine = sent.setdefault((delivery["customer_id"], delivery["channel"]), {})
         mine[today.isoformat()] = mine.get(today.isoformat(), 0) + 1
         return {**delivery, "customer": customer, "counted": counted}
+
+    def _verdict(
+        self,
+        delivery: dict[str, Any],
+        customer: dict[str, Any],
+        tz: ZoneInfo,
+        now: datetime,
+        counted: tuple[int, int],
+    ) -> Decision:
+        """Whether the message goes now: the rule version's conditions against the customer,
+        then consent, caps (`counted`: sent today and this week) and quiet hours."""
+        conditions = self._conditions.get((delivery["rule_id"], delivery["rule_version"]))
+        unmet_now = unmet(conditions, customer) if conditions is not None else None
+        if unmet_now is not None:
+            return Decision("suppress", f"no longer meets the rule's conditions: {unmet_now}")
+        return decide(
+            channel=delivery["channel"],
+            transactional=delivery["transactional"],
+            consent=customer.get("consent") or {},
+            tz=tz,
+            now=now,
+            due_at=delivery["due_at"],
+            sent_today=counted[0],
+            sent_this_week=counted[1],
+            rules=self.safeguards,
+        )
 
     async def _send(self, delivery: dict[str, Any]) -> str:
         # Sent in the trigger's trace: the channel's log lines carry it.
