@@ -20,7 +20,7 @@ from lifecycle.domain.policy import Policy
 from lifecycle.handlers.customer_events import Lifecycle
 from lifecycle.settings import LifecycleSettings
 from tests.support.apps import api_client
-from tests.support.events import T0, login_json, purchase
+from tests.support.events import T0, login_json, purchase, purchase_json
 
 WALL = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -303,6 +303,25 @@ async def test_what_if_reports_who_would_move_without_changing_anything(
     assert flow["prospect"]["new"] == 3
     cohorts = (await client.get("/v1/reports/cohorts", params={"months": 3})).json()["cohorts"]
     assert cohorts[0]["customers"] == 2 and cohorts[0]["active_share"][0] == 1.0
+
+
+async def test_times_at_the_end_of_the_calendar_read_as_never_not_as_errors(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    def bought(customer: str, at: datetime) -> Event[EventData]:
+        return CATALOG.validate(CloudEvent.model_validate(purchase_json(customer, start=at)))
+
+    late = datetime(9999, 12, 1, tzinfo=UTC)  # its silence would be due after 9999
+    early = datetime(1940, 1, 1, tzinfo=UTC)  # a gap that, times 100, passes 9999
+    await apply(app, [bought("old", early), bought("old", T0), bought("end", late)])
+    assert (await client.get("/v1/customers/end/stage")).json()["stage"] == "new"
+    widest = Policy(version="wide", dormant_factor=100, churn_factor=100).model_dump()
+    what_if = await client.post("/v1/admin/what-if", json=widest)
+    assert what_if.status_code == 200, what_if.text
+    cohorts = await client.get("/v1/reports/cohorts", params={"months": 3})
+    assert cohorts.status_code == 200, cohorts.text
+    beyond = await client.get("/v1/transitions", params={"cursor": "9" * 30})
+    assert beyond.status_code == 422 and beyond.json()["field"] == "cursor"
 
 
 async def test_a_first_purchase_that_arrives_after_the_customer_was_seen_is_news(

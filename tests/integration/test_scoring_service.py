@@ -111,6 +111,8 @@ async def test_streamed_purchases_give_consistent_scores_and_material_changes_on
             "/v1/admin/replay", json={"tier_percentiles": {"A": 0.5, "B": 0.2, "C": 0.1}}
         )
         assert coarser.status_code == 200 and coarser.json()["tier_changes"] > 0
+        beyond = await client.post("/v1/admin/replay", json={"tier_percentiles": {"A": 1.5}})
+        assert beyond.status_code == 422, beyond.text
         unchanged = (await client.get("/v1/customers", params={"limit": 500})).json()["items"]
         assert [s["tier"] for s in unchanged] == [s["tier"] for s in page]  # nothing written
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,7 +15,7 @@ class ScoringSettings(ServiceSettings):
     default_port: ClassVar[int] = 8003
 
     clock: Literal["wall", "event-time"] = "wall"
-    tier_percentiles: dict[str, float] = Field(
+    tier_percentiles: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default={"A": 0.9, "B": 0.7, "C": 0.4},
         description="a customer is in the highest tier whose lifetime-value percentile they reach",
     )

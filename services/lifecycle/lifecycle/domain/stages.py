@@ -157,9 +157,11 @@ def _due(state: CustomerState, policy: Policy) -> datetime | None:
     if state.last_purchase_at is None or state.erased or state.stage in ("prospect", "churned"):
         return None
     gap = mean_gap_days(state)
-    if state.stage == "dormant":
-        return state.last_purchase_at + policy.churn_after(gap)
-    return state.last_purchase_at + policy.dormant_after(gap)
+    after = policy.churn_after(gap) if state.stage == "dormant" else policy.dormant_after(gap)
+    try:
+        return state.last_purchase_at + after
+    except OverflowError:  # after the year 9999: never
+        return None
 
 
 def mean_gap_days(state: CustomerState) -> float | None:

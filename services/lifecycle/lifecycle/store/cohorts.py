@@ -20,7 +20,9 @@ def month_start(moment: datetime) -> datetime:
 
 
 def add_months(moment: datetime, months: int) -> datetime:
-    index = moment.year * 12 + moment.month - 1 + months
+    """The first of the month `months` after `moment`'s (the last one the calendar has,
+    December 9999, for any later)."""
+    index = min(moment.year * 12 + moment.month - 1 + months, 9999 * 12 + 11)
     return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
 
 

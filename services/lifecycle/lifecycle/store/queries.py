@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lifecycle.store.tables import stage_transitions
 
+MAX_ID = 2**63 - 1  # the largest id the column holds (BIGINT)
+
 t = stage_transitions.c
 
 
@@ -29,7 +31,7 @@ async def transitions(
 ) -> tuple[list[dict[str, Any]], str | None]:
     query = select(stage_transitions).order_by(t.id).limit(limit + 1)
     if cursor:
-        if not cursor.isdigit():
+        if not cursor.isdigit() or int(cursor) > MAX_ID:
             raise ValueError("cursor: not a cursor this API returned")
         query = query.where(t.id > int(cursor))
     if not where.include_superseded:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from crm_shared.app.auth import requires
 from crm_shared.app.deps import RuntimeDep
@@ -47,7 +47,7 @@ class Worklist(BaseModel):
 class ReplayRequest(BaseModel):
     """What to change for a comparison: tier percentiles and/or churn-risk weights."""
 
-    tier_percentiles: dict[str, float] | None = None
+    tier_percentiles: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = None
     risk_weights: RiskWeights | None = None
 
 
