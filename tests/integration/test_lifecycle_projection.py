@@ -271,6 +271,28 @@ async def test_rebuilding_gives_the_state_incremental_processing_gave(
     assert await _snapshot(client) == before
 
 
+async def test_after_a_rebuild_an_unmerge_is_no_news_and_corrections_name_what_was_told(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await apply(app, [purchase("s", day=0), purchase("b", day=1)])  # b's welcome is told
+    await apply(app, [merge("s", "b")])
+    await apply(app, [purchase("q", day=0)])
+    await apply(app, [CATALOG.validate(CloudEvent.model_validate(login_json("x", day=100)))])
+    told = {m["id"] for m in await published(app)}
+    assert (await client.get("/v1/customers/q/stage")).json()["stage"] == "dormant"
+    rebuilt = (await client.post("/v1/admin/rebuild")).json()
+    assert rebuilt["transitions"] == 0  # incremental processing was right: nothing to tell
+    assert {m["id"] for m in await published(app)} == told
+    await apply(app, [unmerge("s", "b"), purchase("q", day=50, event_id="late-q")])
+    after = [m for m in await published(app) if m["id"] not in told]
+    # b's welcome was told before the merge; only its silence since is news
+    assert [(m["to_stage"], m["correction"]) for m in after if m["customer_id"] == "b"] == [
+        ("dormant", False)
+    ]
+    named = {i for m in after for i in [*m["supersedes"], m["restates"]] if i is not None}
+    assert named and named <= told
+
+
 async def _snapshot(client: httpx.AsyncClient) -> dict[str, Any]:
     ids = ["c0", "c1", "c2", "c4", "steady"]
     stages = {i: (await client.get(f"/v1/customers/{i}/stage")).json() for i in ids}

@@ -52,7 +52,9 @@ async def cohort_table(
 
 @router.post("/admin/rebuild", dependencies=[requires("lifecycle:admin")])
 async def rebuild(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
-    """Drop the projection and rebuild it from the facts kept; nothing is published."""
+    """Drop the stages and replay every customer's facts; what differs from the history
+    consumers were told is published as corrections (nothing, when nothing does):
+    `transitions` counts them."""
     started = datetime.now(UTC)
     result = await replay.rebuild(runtime.db, _lifecycle(request))
     return {**result, "seconds": (datetime.now(UTC) - started).total_seconds()}

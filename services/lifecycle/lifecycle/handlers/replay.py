@@ -14,7 +14,7 @@ from lifecycle.domain.policy import Policy
 from lifecycle.domain.stages import STAGES, replay
 from lifecycle.handlers.customer_events import Lifecycle
 from lifecycle.store import stages
-from lifecycle.store.tables import customer_stages, stage_transitions
+from lifecycle.store.tables import customer_stages
 
 CHUNK = 1000
 
@@ -26,16 +26,18 @@ async def current_now(lifecycle: Lifecycle, conn: AsyncConnection) -> datetime:
 
 
 async def rebuild(db: Database, lifecycle: Lifecycle) -> dict[str, Any]:
-    """Drop the stages and transitions and replay every customer's facts, publishing
-    nothing: the result is the state incremental processing reaches."""
+    """Drop the stages and replay every customer's facts: the result is the state
+    incremental processing reaches. The transitions consumers were told stay, and the
+    replayed history is compared with them as incremental processing does: what still
+    holds keeps its id and is not published again; what differs (a bug fixed, another
+    policy) is published as corrections of what it replaces, which consumers can follow."""
     async with db.transaction() as conn:
         now = await current_now(lifecycle, conn)
-        await conn.execute(delete(stage_transitions))
         await conn.execute(delete(customer_stages))
         ids = await stages.all_customer_ids(conn)
         transitions = 0
         for start in range(0, len(ids), CHUNK):
-            done = await lifecycle.recompute(conn, ids[start : start + CHUNK], now, publish=False)
+            done = await lifecycle.recompute(conn, ids[start : start + CHUNK], now)
             transitions += done.published
     return {
         "customers": len(ids),
