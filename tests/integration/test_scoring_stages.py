@@ -83,3 +83,19 @@ async def test_only_a_silent_stage_rescores_an_active_one_updates_the_stage(
         dormant, published = await apply(stage_changed("s1", "active", "dormant", silent))
         assert (dormant["stage"], dormant["computed_at"]) == ("dormant", silent)
         assert dormant["churn_risk"] > first["churn_risk"] and published == 2
+
+
+async def test_the_event_time_clock_outlives_a_restart(database_url: str) -> None:
+    before = service_app("scoring", database_url, clock="event-time")
+    async with api_client(before):
+        async with before.state.runtime.db.transaction() as conn:
+            await before.state.scoring.on_events(
+                conn, [event(purchase_json("r1", start=T, day=day)) for day in (0, 30)]
+            )
+    after = service_app("scoring", database_url, clock="event-time")  # the service restarted
+    scoring: Scoring = after.state.scoring
+    async with api_client(after):
+        await scoring.rescore_all(after.state.runtime.db)
+        async with after.state.runtime.db.read() as conn:
+            current = await scores.current(conn, "r1")
+    assert current is not None and current["computed_at"] == T + DAY * 30  # not today

@@ -155,6 +155,7 @@ async def replay(body: ReplayRequest, request: Request, runtime: RuntimeDep) -> 
     """Score everyone with changed tier cut-offs or risk weights and compare with the
     current scores; nothing is written or published."""
     scoring = _scoring(request)
+    await scoring.sync_clock(runtime.db)
     async with runtime.db.read() as conn:
         model = await scores.active_model(conn)
         if model is None:

@@ -72,14 +72,23 @@ class Scoring:
             return self.event_clock
         return self.wall()
 
+    async def sync_clock(self, db: Database) -> None:
+        """Take the event-time clock as stored (after a restart, or moved by a replica)."""
+        if self.settings.clock != "event-time":
+            return
+        async with db.read() as conn:
+            stored = await scores.event_clock(conn)
+        if stored is not None and (self.event_clock is None or stored > self.event_clock):
+            self.event_clock = stored
+
     async def on_events(self, conn: AsyncConnection, events: list[Event[EventData]]) -> None:
         """Consumer handler for `crm.customer-events` and `crm.lifecycle`. Customers are
         rescored, except where the only news is a stage an event caused (see `rescores`):
         then their current score only takes the new stage."""
         known = await self._fold(conn, events)
         latest = max((e.time for e in events), default=None)
-        if latest is not None and (self.event_clock is None or latest > self.event_clock):
-            self.event_clock = latest
+        if latest is not None and self.settings.clock == "event-time":
+            self.event_clock = await scores.advance_event_clock(conn, latest)
         subjects = {e.subject for e in events}
         # Contacts an unmerge restored are no event's subject: they are scored afresh too.
         due = (
@@ -165,6 +174,7 @@ class Scoring:
 
     async def refit(self, db: Database) -> ScoringModel:
         """Fit a new model on every customer, make it active, rescore everyone with it."""
+        await self.sync_clock(db)
         async with db.read() as conn:
             population = await stats.every(conn)
         now = self.now()
@@ -191,6 +201,7 @@ class Scoring:
         return model
 
     async def rescore_all(self, db: Database) -> int:
+        await self.sync_clock(db)
         async with db.read() as conn:
             ids = await scores.all_ids(conn)
         published = 0

@@ -14,7 +14,14 @@ from crm_shared.store.bulk import insert_rows
 from crm_shared.store.db import Database
 from crm_shared.store.sql import upsert
 from scoring.domain.model import ScoringModel
-from scoring.store.tables import customer_stats, models, published_scores, score_history, scores
+from scoring.store.tables import (
+    customer_stats,
+    models,
+    published_scores,
+    score_history,
+    scores,
+    scoring_clock,
+)
 
 SCORE_COLUMNS = [c.name for c in scores.columns]
 
@@ -220,3 +227,22 @@ async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
     own); their history and what was published of them stay."""
     if ids:
         await conn.execute(delete(scores).where(scores.c.customer_id.in_(ids)))
+
+
+EVENT_TIME = "event-time"
+_CLOCK = select(scoring_clock.c.value).where(scoring_clock.c.name == EVENT_TIME)
+
+
+async def event_clock(conn: AsyncConnection) -> datetime | None:
+    """The latest event time scoring has seen (any replica, before any restart)."""
+    value: datetime | None = (await conn.execute(_CLOCK)).scalar_one_or_none()
+    return value
+
+
+async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:
+    """The event-time clock moves forward only; return where it stands."""
+    current = await event_clock(conn)
+    if current is not None and current >= to:
+        return current
+    await upsert(conn, scoring_clock, [{"name": EVENT_TIME, "value": to}], key=["name"])
+    return to

@@ -95,6 +95,15 @@ score_history = Table(
     Index("ix_score_history_customer", "customer_id", "at"),
 )
 
+# The event-time clock (the latest event time seen), shared by replicas and kept across
+# restarts: a refit or rescore after a restart scores at the replay's time, not today's.
+scoring_clock = Table(
+    "scoring_clock",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("value", UtcDateTime(), nullable=False),
+)
+
 models = Table(
     "models",
     metadata,
