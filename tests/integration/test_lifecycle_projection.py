@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
@@ -216,6 +217,27 @@ async def test_a_merge_takes_the_merged_customers_events_of_the_same_batch(
     survivor = (await client.get("/v1/customers/s/stage")).json()
     assert (survivor["stage"], survivor["purchases"]) == ("active", 2)
     assert (await client.get("/v1/customers/o/stage")).status_code == 404
+
+
+@pytest.mark.parametrize("batches", ["one batch", "its own batch"])
+async def test_a_merged_contacts_event_that_comes_after_the_merge_goes_to_the_survivor(
+    client: httpx.AsyncClient, app: FastAPI, batches: str
+) -> None:
+    """Contacts keys the purchase by the merged contact and the merge by the survivor: on
+    two partitions, the purchase can come after the merge."""
+    await apply(app, [purchase("s", day=1), purchase("o", day=2)])
+    late = purchase("o", day=3)
+    if batches == "one batch":
+        await apply(app, [merge("s", "o"), late])
+    else:
+        await apply(app, [merge("s", "o")])
+        await apply(app, [late])
+    survivor = (await client.get("/v1/customers/s/stage")).json()
+    assert (survivor["stage"], survivor["purchases"]) == ("active", 3)
+    assert (await client.get("/v1/customers/o/stage")).status_code == 404
+    await apply(app, [unmerge("s", "o")])  # and an unmerge gives it back to its contact
+    restored = (await client.get("/v1/customers/o/stage")).json()
+    assert (restored["stage"], restored["purchases"]) == ("active", 2)
 
 
 async def test_the_event_time_clock_moves_silent_customers_as_later_events_arrive(

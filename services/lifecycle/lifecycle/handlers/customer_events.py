@@ -213,6 +213,9 @@ class Lifecycle:
         merged: set[str] = set()
         new: dict[str, dict[str, Fact]] = {}
         rows: list[dict[str, Any]] = []
+        # A merged contact's event that comes after its merge (published before it, on
+        # another partition than the merge) belongs to the survivor, as its earlier ones do.
+        owners = await stages.merged_owners(conn, {e.subject for e in events})
         for event in events:
             if isinstance(event.data, ContactMerged | ContactUnmerged):
                 # The facts of the batch so far first: a merge moves the merged customers'
@@ -220,25 +223,30 @@ class Lifecycle:
                 await stages.add_facts(conn, rows)
                 rows = []
             if isinstance(event.data, ContactMerged):
-                await stages.move_facts(conn, event.data.merged_ids, event.data.survivor_id)
-                merged |= {event.data.survivor_id, *event.data.merged_ids}
+                survivor, gone = event.data.survivor_id, set(event.data.merged_ids)
+                await stages.move_facts(conn, event.data.merged_ids, survivor)
+                merged |= {survivor, *gone}
+                owners.update(dict.fromkeys(gone, survivor))
+                owners.update({k: survivor for k, owner in owners.items() if owner in gone})
                 continue
             if isinstance(event.data, ContactUnmerged):
                 await stages.restore_facts(conn, event.data.restored_id)
                 merged |= {event.data.survivor_id, event.data.restored_id}
+                owners.pop(event.data.restored_id, None)
                 continue
-            fact = Fact(event.subject, event.id, kind_of(event.type, self.policy), event.time)
-            new.setdefault(event.subject, {})[event.id] = fact
+            owner = owners.get(event.subject, event.subject)
+            fact = Fact(owner, event.id, kind_of(event.type, self.policy), event.time)
+            new.setdefault(owner, {})[event.id] = fact
             rows.append(
                 {
                     "event_id": event.id,
-                    "customer_id": event.subject,
+                    "customer_id": owner,
                     "origin_id": event.subject,
                     "type": event.type,
                     "time": event.time,
                 }
             )
-            touched.add(event.subject)
+            touched.add(owner)
         await stages.add_facts(conn, rows)
         # A fact stored before (a redelivered event) is not after the fold position: that
         # customer replays, and counts it once.

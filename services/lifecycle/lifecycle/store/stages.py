@@ -69,6 +69,20 @@ async def move_facts(conn: AsyncConnection, from_ids: Sequence[str], to_id: str)
     )
 
 
+async def merged_owners(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
+    """Which of these customers are merged into another now: customer -> the one that holds
+    its facts (read off the facts that named it)."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(sorted(set(ids))):
+        query = (
+            select(facts.c.origin_id, facts.c.customer_id)
+            .where(facts.c.origin_id.in_(chunk), facts.c.customer_id != facts.c.origin_id)
+            .distinct()
+        )
+        found.update({row.origin_id: row.customer_id for row in await conn.execute(query)})
+    return found
+
+
 async def restore_facts(conn: AsyncConnection, origin_id: str) -> None:
     """Facts that first named `origin_id` belong to it again (an undone merge)."""
     await conn.execute(
