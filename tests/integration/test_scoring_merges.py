@@ -104,3 +104,28 @@ async def test_a_contact_merged_into_one_merged_later_counts_for_the_last_surviv
             ]
             assert population == [("x", 3, Decimal("60"))]
             assert await scores.all_ids(conn) == ["x"]
+
+
+async def test_a_merged_contacts_purchase_that_comes_after_the_merge_rescores_the_survivor(
+    database_url: str,
+) -> None:
+    """Contacts keys the purchase by the merged contact and the merge by the survivor: on
+    two partitions, the purchase can come after the merge."""
+    app = service_app("scoring", database_url, clock="event-time")
+    db = app.state.runtime.db
+    async with api_client(app) as client:
+        await fold(app, bought("m", 0, "40.00"), bought("n", 1, "100.00"))
+        merge = {"survivor_id": "m", "merged_ids": ["n"]}
+        await fold(app, event("crm.contact.merged.v1", "m", merge, T + 5 * DAY))
+        async with db.read() as conn:
+            before = await scores.current(conn, "m")
+        await fold(app, bought("n", 3, "100.00"))  # made before the merge, comes after it
+        assert (await client.get("/v1/customers/n/score")).status_code == 404
+        async with db.read() as conn:
+            assert await scores.all_ids(conn) == ["m"]
+            population = {
+                s.customer_id: (s.purchases, s.total_spend) for s in await stats.every(conn)
+            }
+            after = await scores.current(conn, "m")
+        assert population == {"m": (3, Decimal("240"))}
+        assert before is not None and after is not None and after["clv"] != before["clv"]

@@ -156,7 +156,12 @@ class Scoring:
                 merged_into.update(dict.fromkeys(event.data.merged_ids, event.data.survivor_id))
             elif isinstance(event.data, ContactUnmerged):
                 merged_into[event.data.restored_id] = None
-        known = await stats.load(conn, subjects | merged_into.keys())
+        # Contacts merged before this batch whose events come now (published before the merge,
+        # on another partition): their own statistics take the event, their survivor is
+        # rescored, and they get no score of their own.
+        marked = await stats.merged_marks(conn, subjects - merged_into.keys())
+        survivors = set(marked.values())
+        known = await stats.load(conn, subjects | merged_into.keys() | survivors)
         for event in events:
             if isinstance(event.data, ContactMerged | ContactUnmerged):
                 continue
@@ -169,7 +174,7 @@ class Scoring:
         if merged_into:
             await stats.set_merged(conn, merged_into)
             await scores.remove(conn, gone)
-        live = (subjects | merged_into.keys()) - set(gone)
+        live = (subjects | merged_into.keys() | survivors) - set(gone) - marked.keys()
         return await stats.combined(conn, {i: known[i] for i in live if i in known})
 
     async def refit(self, db: Database) -> ScoringModel:

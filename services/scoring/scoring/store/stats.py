@@ -55,6 +55,22 @@ async def set_merged(conn: AsyncConnection, merged_into: dict[str, str | None]) 
             )
 
 
+async def merged_marks(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
+    """Which of these contacts are merged into another: contact -> its survivor."""
+    wanted = sorted(set(ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 1000):
+        for contact_id, survivor in await conn.execute(
+            _MARKS, {"ids": wanted[start : start + 1000]}
+        ):
+            found[contact_id] = survivor
+    return found
+
+
+_MARKS = select(customer_stats.c.customer_id, customer_stats.c.merged_into).where(
+    customer_stats.c.customer_id.in_(bindparam("ids", expanding=True)),
+    customer_stats.c.merged_into.is_not(None),
+)
 _MERGED_INTO = select(*(customer_stats.c[name] for name in FIELDS), customer_stats.c.merged_into)
 
 
