@@ -30,14 +30,34 @@ from tests.support.kafka import eventually, produce, read_topic
 
 pytestmark = pytest.mark.e2e
 NOW = datetime.now(UTC)
-POISON: list[tuple[bytes, str]] = [
-    (b"\x00\xffnot json at all", "not valid JSON"),
-    (json.dumps({**purchase_json("p"), "data": {"amount": "lots"}}).encode(), "data."),
+# key, value, headers; the reason expected, and whether the dead letter's value is cut
+POISON: list[tuple[bytes, bytes, list[tuple[str, bytes | None]], str, str]] = [
+    (b"k", b"\x00\xffnot json at all", [], "not valid JSON", "false"),
     (
-        json.dumps({**purchase_json("p"), "type": "crm.never.heard.v1"}).encode(),
-        "type: unknown event type",
+        b"k",
+        json.dumps({**purchase_json("p"), "data": {"amount": "lots"}}).encode(),
+        [],
+        "data.",
+        "false",
     ),
-    (b'{"pad": "' + b"x" * 900_000 + b'"}', "Field required"),
+    (
+        b"k",
+        json.dumps({**purchase_json("p"), "type": "crm.never.heard.v1"}).encode(),
+        [],
+        "type: unknown event type",
+        "false",
+    ),
+    (b"k", b'{"pad": "' + b"x" * 900_000 + b'"}', [], "Field required", "true"),
+    (  # 0001-01-01 at +01:00 is the year 0 in UTC
+        b"k",
+        json.dumps({**purchase_json("p"), "time": "0001-01-01T00:00:00+01:00"}).encode(),
+        [],
+        "time is out of range",
+        "false",
+    ),
+    (b"k", b"{not json", [("x", None), ("traceparent", None)], "not valid JSON", "false"),
+    # Near the 1 MiB a producer takes: with the reasons added, too big for a dead letter.
+    (b"k" * 149_450, b'{"pad": "' + b"x" * 898_980 + b'"}', [], "Field required", "true"),
 ]
 
 
@@ -109,7 +129,8 @@ async def test_poison_is_dead_lettered_and_the_next_good_message_processed(
     await produce(
         broker.bootstrap,
         full,
-        [(b"k", value) for value, _ in POISON] + [(b"k", json.dumps(good).encode())],
+        [(key, value, headers) for key, value, headers, _, _ in POISON]
+        + [(b"k", json.dumps(good).encode())],
         max_request_size=2_000_000,
     )
 
@@ -123,10 +144,11 @@ async def test_poison_is_dead_lettered_and_the_next_good_message_processed(
     )
     dead = [r for r in everything if decode_headers(r.headers)["crm-dlq-service"] == service]
     reasons = [decode_headers(r.headers)["crm-dlq-reason"] for r in dead]
-    for (_, expected), reason in zip(POISON, reasons, strict=True):
+    for (*_, expected, _), reason in zip(POISON, reasons, strict=True):
         assert expected in reason, (topic, reason)
     truncated = [decode_headers(r.headers)["crm-dlq-truncated"] for r in dead]
-    assert truncated == ["false", "false", "false", "true"]  # the huge one is cut to fit
+    assert truncated == [cut for *_, cut in POISON]  # the huge ones are cut to fit
+    assert all(len(r.value or b"") + len(r.key or b"") < 1_000_000 for r in dead)
 
 
 def _good(topic: str) -> dict[str, Any]:

@@ -157,6 +157,15 @@ async def test_one_new_customer_named_on_two_paths_at_once_becomes_one_prospect(
         assert len([o for o in owners if o.identifier == f"email:twice{n}@example.com"]) == 1
 
 
+async def test_an_event_time_outside_the_calendar_in_utc_answers_422(
+    client: httpx.AsyncClient,
+) -> None:
+    event = {**purchase_json("c1"), "time": "0001-01-01T00:00:00+01:00"}  # the year 0 in UTC
+    response = await client.post("/v1/events", json=event)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "time: time is out of range (years 1 to 9999 in UTC)"
+
+
 async def test_a_batch_answers_with_an_outcome_per_event_in_order(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:

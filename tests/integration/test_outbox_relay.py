@@ -321,3 +321,30 @@ async def test_keep_up_gives_up_after_its_time_when_the_relay_cannot_send(core: 
             broker.resume()
             await asyncio.wait_for(task, 15)
             await producer.stop()
+
+
+class ForgetfulBroker:
+    """A producer whose broker restarts between two heartbeats: each partition's offsets
+    start over at 0."""
+
+    def __init__(self) -> None:
+        self.offsets = [0, 0]
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes) -> Any:
+        offset = self.offsets.pop(0)
+        return type("Sent", (), {"topic": topic, "partition": 0, "offset": offset})()
+
+
+async def test_a_broker_that_restarted_after_one_record_is_noticed(core: CoreDb) -> None:
+    resets: list[str] = []
+
+    async def on_reset() -> None:
+        resets.append("reset")
+
+    await write(core, "t", ["c1"])
+    relay = OutboxRelay(
+        core.db, Outbox(core.tables), ForgetfulBroker(), Metrics("t"), on_reset=on_reset
+    )
+    await relay.heartbeat("crm.heartbeat", "k")  # offset 0 on a fresh broker
+    await relay.heartbeat("crm.heartbeat", "k")  # offset 0 again: it lost its log
+    assert resets == ["reset"]

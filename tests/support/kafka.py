@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from crm_shared.messaging.topics import ensure_topics, with_dlq
 
+Headers = list[tuple[str, bytes | None]]  # a null value is allowed
+
 
 async def make_topic(bootstrap: str, base: str = "t", *, partitions: int = 3) -> str:
     """A new topic (and its dead-letter twin) with a unique name."""
@@ -61,13 +63,19 @@ async def read_topic(
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]], **options: Any
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, Headers]],
+    **options: Any,
 ) -> None:
+    """Send these (key, value[, headers]) records one by one."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, **options)
     await producer.start()
     try:
-        for key, value in messages:
-            await producer.send_and_wait(topic, value, key=key)
+        for key, value, *headers in messages:
+            await producer.send_and_wait(
+                topic, value, key=key, headers=headers[0] if headers else None
+            )
     finally:
         await producer.stop()
 

@@ -82,7 +82,10 @@ class CloudEvent(BaseModel):
     def _aware_time(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("time must carry a time zone offset (RFC 3339)")
-        return value.astimezone(UTC) if value is not None else None
+        try:
+            return value.astimezone(UTC) if value is not None else None
+        except OverflowError:  # 0001-01-01T00:00+01:00 is the year 0 in UTC
+            raise ValueError("time is out of range (years 1 to 9999 in UTC)") from None
 
     @property
     def extensions(self) -> dict[str, Any]:

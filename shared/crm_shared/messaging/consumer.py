@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 # A handler applies a batch inside the batch's transaction. It may refuse events it cannot
 # accept (event id -> reason): those are not recorded as processed and go to the DLQ.
 Handler = Callable[[AsyncConnection, list[Event[EventData]]], Awaitable[Mapping[str, str] | None]]
-MAX_DLQ_VALUE = 900_000
+MAX_DLQ_BYTES = 900_000
 # How long a rebalance waits for the offsets of the partitions it takes away (the group
 # waits for this member meanwhile).
 REVOKE_COMMIT_S = 5.0
@@ -75,9 +76,23 @@ class Rejected:
     reason: str
 
 
+# PostgreSQL error classes a retry can outlive: connection exceptions, insufficient
+# resources (too many connections), operator intervention (shutting down, starting up),
+# serialization failures and deadlocks, lock not available.
+TRANSIENT_SQLSTATES = ("08", "53", "57P", "40001", "40P01", "55P03")
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+    """Whether the database or broker is away for now (retry the batch), rather than the
+    batch being at fault (narrow it down, dead-letter what still fails)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if sqlstate.startswith(TRANSIENT_SQLSTATES):
+            return True
+    if isinstance(exc, sqlite3.OperationalError):  # the driver's own, not SQLAlchemy's
+        return "locked" in str(exc) or "busy" in str(exc)
     return isinstance(exc, TRANSIENT)
 
 
@@ -135,6 +150,8 @@ class BatchProcessor:
                 received.append(Received(record, self._registry.validate(envelope)))
             except InvalidEvent as exc:
                 rejected.append(Rejected(record, exc.reason))
+            except Exception as exc:  # whatever a record holds, it cannot stop the consumer
+                rejected.append(Rejected(record, f"could not be decoded: {exc!r}"[:1000]))
         return received, rejected
 
     async def _apply(self, received: list[Received]) -> None:
@@ -193,7 +210,7 @@ def _traced(envelope: CloudEvent, record: ConsumerRecord[bytes, bytes]) -> Cloud
 
 def _header_trace(record: ConsumerRecord[bytes, bytes]) -> tracecontext.TraceContext | None:
     return tracecontext.from_headers(
-        (name, value.decode("latin-1"))
+        (name, (value or b"").decode("latin-1"))
         for name, value in record.headers or ()
         if name in (tracecontext.TRACEPARENT, tracecontext.TRACESTATE)
     )
@@ -249,32 +266,43 @@ class DeadLetters:
                         "reason": item.reason,
                     },
                 )
-            value, headers = _dlq_value(record.value), decode_headers(record.headers)
-            headers.update(
-                {
-                    "crm-dlq-reason": item.reason,
-                    "crm-dlq-topic": record.topic,
-                    "crm-dlq-partition": str(record.partition),
-                    "crm-dlq-offset": str(record.offset),
-                    "crm-dlq-consumer": consumer,
-                    "crm-dlq-service": self.service,
-                    "crm-dlq-truncated": "true" if value is not record.value else "false",
-                }
-            )
+            why = {
+                "crm-dlq-reason": item.reason[:2000],
+                "crm-dlq-topic": record.topic,
+                "crm-dlq-partition": str(record.partition),
+                "crm-dlq-offset": str(record.offset),
+                "crm-dlq-consumer": consumer,
+                "crm-dlq-service": self.service,
+            }
+            key, value, headers = _dead_letter(record, why)
             futures.append(
-                await self._producer.send(
-                    dlq_topic(record.topic), value, key=record.key, headers=encode_headers(headers)
-                )
+                await self._producer.send(dlq_topic(record.topic), value, key=key, headers=headers)
             )
             self._metrics.events_dead_lettered.labels(consumer, record.topic).inc()
         # Offsets move past a rejected message only once its dead letter is written.
         await asyncio.gather(*futures)
 
 
-def _dlq_value(value: bytes | None) -> bytes | None:
-    if value is None or len(value) <= MAX_DLQ_VALUE:
-        return value
-    return value[:MAX_DLQ_VALUE]
+def _dead_letter(
+    record: ConsumerRecord[bytes, bytes], why: dict[str, str]
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers of a rejected record's dead letter: the record's own, with
+    why, cut to `MAX_DLQ_BYTES` bytes in all (the producer refuses a message over 1 MiB, and
+    a dead letter that cannot be written would hold its partition up for good). The value is
+    cut first; if key and headers alone are too big, only why is kept."""
+    ours = encode_headers(why)
+    theirs = encode_headers(decode_headers(record.headers))
+    key, value = record.key, record.value
+
+    def size(*parts: list[tuple[str, bytes]]) -> int:
+        return sum(len(n) + len(v) for headers in parts for n, v in headers)
+
+    room = MAX_DLQ_BYTES - len(key or b"") - size(ours, theirs) - 64
+    if room < 0:  # the key and headers alone: keep why, the key's start and nothing else
+        return (key or b"")[:1000], None, [*ours, ("crm-dlq-truncated", b"true")]
+    truncated = value is not None and len(value) > room
+    value = value[:room] if value is not None and truncated else value
+    return key, value, [*theirs, *ours, ("crm-dlq-truncated", b"true" if truncated else b"false")]
 
 
 def _now() -> datetime:

@@ -72,4 +72,5 @@ def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
 
 
 def decode_headers(headers: Any) -> dict[str, str]:
-    return {name: value.decode(errors="replace") for name, value in (headers or ())}
+    """Header values as text (a null value, which Kafka allows, as empty)."""
+    return {name: (value or b"").decode(errors="replace") for name, value in (headers or ())}
