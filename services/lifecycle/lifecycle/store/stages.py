@@ -15,7 +15,7 @@ from sqlalchemy.sql.elements import BindParameter
 from crm_shared.ids import new_id
 from crm_shared.store.bulk import insert_rows
 from crm_shared.store.db import Database
-from crm_shared.store.sql import upsert
+from crm_shared.store.sql import advance_clock, clock_value, upsert
 from lifecycle.domain.policy import Policy
 from lifecycle.domain.stages import CustomerState, Fact, Transition, kind_of, order
 from lifecycle.store.tables import clock, customer_stages, facts, stage_transitions, wakeups
@@ -53,7 +53,6 @@ _WOKEN = (
     .limit(bindparam("limit"))
 )
 _UNWAKE = wakeups.delete().where(wakeups.c.customer_id.in_(_IDS))
-_CLOCK = select(clock.c.value).where(clock.c.name == EVENT_TIME)
 
 
 async def add_facts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -279,16 +278,12 @@ async def set_wakeups(
 
 
 async def event_clock(conn: AsyncConnection) -> datetime | None:
-    return (await conn.execute(_CLOCK)).scalar_one_or_none()
+    return await clock_value(conn, clock, EVENT_TIME)
 
 
 async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:
     """The event-time clock moves forward only; return where it stands."""
-    current = await event_clock(conn)
-    if current is not None and current >= to:
-        return current
-    await upsert(conn, clock, [{"name": EVENT_TIME, "value": to}], key=["name"])
-    return to
+    return await advance_clock(conn, clock, EVENT_TIME, to)
 
 
 # Built once: building a select and its cache key cost more than running it.

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crm_shared.store import cursor as cursor_text
 from crm_shared.store.bulk import insert_rows
 from crm_shared.store.db import Database
-from crm_shared.store.sql import upsert
+from crm_shared.store.sql import advance_clock, clock_value, upsert
 from scoring.domain.model import ScoringModel
 from scoring.store.tables import (
     customer_stats,
@@ -230,19 +230,13 @@ async def remove(conn: AsyncConnection, ids: Sequence[str]) -> None:
 
 
 EVENT_TIME = "event-time"
-_CLOCK = select(scoring_clock.c.value).where(scoring_clock.c.name == EVENT_TIME)
 
 
 async def event_clock(conn: AsyncConnection) -> datetime | None:
     """The latest event time scoring has seen (any replica, before any restart)."""
-    value: datetime | None = (await conn.execute(_CLOCK)).scalar_one_or_none()
-    return value
+    return await clock_value(conn, scoring_clock, EVENT_TIME)
 
 
 async def advance_event_clock(conn: AsyncConnection, to: datetime) -> datetime:
     """The event-time clock moves forward only; return where it stands."""
-    current = await event_clock(conn)
-    if current is not None and current >= to:
-        return current
-    await upsert(conn, scoring_clock, [{"name": EVENT_TIME, "value": to}], key=["name"])
-    return to
+    return await advance_clock(conn, scoring_clock, EVENT_TIME, to)
