@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,29 @@ def test_quintiles_and_tiers_place_a_value_against_the_cut_points() -> None:
     assert [quintile(cuts, v, higher_is_better=False) for v in (5, 45)] == [5, 1]
     model = prior(CALIBRATION_END).model_copy(update={"tier_cuts": {"A": 100.0, "B": 50.0}})
     assert [tier_of(model, v) for v in (150, 60, 10)] == ["A", "B", "D"]
+
+
+def test_a_fit_whose_lifetime_values_are_not_finite_is_refused(
+    calibration: list[CustomerStats], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the edge of the models' domains (BG/NBD's a at 1, Gamma-Gamma's q at 1) the
+    expected values are not finite: such a fit would store NaN tier cuts."""
+    from scoring.domain import model as model_module
+    from scoring.domain.bgnbd import FitError
+    from scoring.domain.clv import customer_lifetime_value
+
+    def at_the_edge(*args: Any, **kwargs: Any) -> Any:
+        values = customer_lifetime_value(*args, **kwargs).astype(float)
+        values[0] = float("nan")
+        return values
+
+    monkeypatch.setattr(model_module, "customer_lifetime_value", at_the_edge)
+    with pytest.raises(FitError, match="no finite lifetime value"):
+        fit(
+            calibration,
+            CALIBRATION_END,
+            version="m2",
+            tiers=TIERS,
+            lowest_tier="D",
+            horizon=Horizon(),
+        )

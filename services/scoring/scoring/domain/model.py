@@ -136,6 +136,10 @@ def fit(
     clv = customer_lifetime_value(
         model.transactions(), model.spend(), x, t_x, T, m_x, model.horizon()
     )
+    if not np.all(np.isfinite(clv)):  # a fit at the edge of its parameters' domain
+        raise transactions_model.FitError(
+            "the fitted model gives no finite lifetime value for every customer"
+        )
     rfm = _rfm_cuts(buyers, now)
     cuts = {tier: float(np.quantile(clv, share)) for tier, share in tiers.items()}
     return model.model_copy(
