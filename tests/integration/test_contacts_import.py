@@ -275,3 +275,21 @@ async def test_the_import_command_dry_run_writes_nothing(tmp_path: Path) -> None
     assert counts(json.loads(rehearsal.stdout)) == (4, 3, 0, 1, 0)
     async with api_client(create_app(ContactsSettings(database_url=database))) as client:
         assert await all_contacts(client) == []
+
+
+async def test_numbers_too_long_for_an_attribute_fail_their_row_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    text = (
+        "email,attr.n\n"
+        f"huge@example.com,{'1' * 5000}\n"  # more digits than Python converts to an int
+        f"long@example.com,{'9' * 600}\n"  # an int whose text passes the 500 kept for filters
+        "fine@example.com,42\n"
+    )
+    summary = await import_csv(client, text)
+    assert counts(summary) == (3, 1, 0, 0, 2)
+    assert [e["row"] for e in summary["errors"]] == [1, 2]
+    assert all("more than 500 characters" in e["error"] for e in summary["errors"])
+    assert (await contact_by(client, "email:fine@example.com"))["profile"]["attributes"] == {
+        "n": 42
+    }

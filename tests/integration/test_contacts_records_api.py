@@ -540,3 +540,40 @@ async def test_a_consent_change_naming_an_unknown_customer_applies_to_its_new_pr
     for contact in ("shop:n1", "n2"):
         timeline = (await client.get(f"/v1/contacts/{contact}/timeline")).json()["items"]
         assert "crm.purchase.completed.v1" in [e["event"]["type"] for e in timeline]
+
+
+async def test_cursors_this_api_did_not_make_are_refused(client: httpx.AsyncClient) -> None:
+    from crm_shared.store import cursor
+
+    ada = await create(client, ADA)
+    for url, forged in (
+        ("/v1/contacts", cursor.encode("2020-01-01T00:00:00", "x")),  # no offset
+        (f"/v1/contacts/{ada['id']}/timeline", cursor.encode("2020-01-01T00:00:00", 1)),
+        (f"/v1/contacts/{ada['id']}/timeline", cursor.encode("2020-01-01T00:00:00+00:00", 10**30)),
+    ):
+        refused = await client.get(url, params={"cursor": forged})
+        assert refused.status_code == 422, (url, refused.text)
+
+
+async def test_an_erased_contact_is_gone_from_lists_and_from_reads_after_its_erasure(
+    client: httpx.AsyncClient,
+) -> None:
+    gone = await create(client, {"first_name": "Gone"})
+    assert (await client.post(f"/v1/contacts/{gone['id']}/erase")).status_code == 200
+    listed = await client.get("/v1/contacts", params={"include_merged": "true"})
+    assert listed.status_code == 200, listed.text
+    assert gone["id"] not in [c["id"] for c in listed.json()["items"]]
+    later = await client.get(f"/v1/contacts/{gone['id']}", params={"as_of": "2999-01-01T00:00:00Z"})
+    assert later.status_code == 410, later.text
+
+
+async def test_one_idempotency_key_sent_at_once_makes_one_contact_and_one_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = {"Idempotency-Key": "at-once-1"}
+    body = {"first_name": "Once", "emails": ["once@example.com"]}
+    answers = await asyncio.gather(
+        *(client.post("/v1/contacts", json=body, headers=headers) for _ in range(5))
+    )
+    assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1

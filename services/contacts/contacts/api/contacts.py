@@ -76,6 +76,8 @@ async def create_contact(
     fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     async with service.db.transaction() as conn:
         if idempotency_key:
+            if conn.dialect.name == "postgresql":  # the same key at once: one waits, then recalls
+                await records.lock_identifiers(conn, [f"idempotency-key:{idempotency_key}"])
             earlier = await idempotency.recall(conn, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier
@@ -194,7 +196,7 @@ async def get_contact(
     except NotFound:
         detail = f"contact {contact_id!r} did not exist then" if as_of else None
         raise Problem(404, detail or f"no contact {contact_id!r}") from None
-    if state.status == "erased" and as_of is None:
+    if state.status == "erased":  # now, or as of a time after the erasure
         raise Problem(410, f"contact {contact_id!r} was erased", title="Erased")
     return _view(response, ContactView.of(state))
 

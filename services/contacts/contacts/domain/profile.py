@@ -7,6 +7,7 @@ countries are ISO 3166-1 alpha-2 codes. Custom attributes keep their JSON type.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from functools import cache, lru_cache
@@ -122,7 +123,8 @@ class Profile(BaseModel):
         for key, value in values.items():
             if not ATTRIBUTE_KEY.match(key):
                 raise ValueError(f"attribute name {key!r} must be snake_case, at most 64 chars")
-            if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT:
+            text = value if isinstance(value, str) else json.dumps(value)
+            if len(text) > MAX_ATTRIBUTE_TEXT:
                 raise ValueError(f"attribute {key!r} has more than {MAX_ATTRIBUTE_TEXT} characters")
         return {k: v for k, v in values.items() if v is not None}
 

@@ -204,7 +204,10 @@ def count_rows(source: Source) -> int:
 def typed(value: str) -> str | int | float | bool:
     """An attribute cell as JSON: integers, decimals and true/false keep their type."""
     if INTEGER.fullmatch(value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts: kept as written
+            return value
     if DECIMAL.fullmatch(value):
         return float(value)
     if value.lower() in ("true", "false"):

@@ -56,6 +56,8 @@ def _filtered(query: Select[Any], where: ContactFilter) -> Select[Any]:
     c = contacts.c
     if not where.include_merged:
         query = query.where(c.status == "active")
+    else:  # an erased contact is gone from lists (it answers 410 by id)
+        query = query.where(c.status.in_(("active", "merged")))
     for column, value in (
         (c.country, where.country and where.country.upper()),
         (c.region, where.region),
@@ -98,9 +100,12 @@ def encode_cursor(created_at: datetime, contact_id: str) -> str:
 def decode_cursor(text: str) -> tuple[datetime, str]:
     created, contact_id = cursor.decode(text, 2)
     try:
-        return datetime.fromisoformat(created), str(contact_id)
+        moment = datetime.fromisoformat(created)
     except (ValueError, TypeError) as exc:
         raise BadCursor("cursor: not a cursor this API returned") from exc
+    if moment.tzinfo is None:  # the API's cursors carry the offset
+        raise BadCursor("cursor: not a cursor this API returned")
+    return moment, str(contact_id)
 
 
 async def duplicates_of(conn: AsyncConnection, contact: dict[str, Any]) -> list[dict[str, Any]]:

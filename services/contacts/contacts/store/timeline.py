@@ -74,6 +74,9 @@ def encode(time: datetime, position: int) -> str:
 def decode(text: str) -> tuple[datetime, int]:
     time, position = cursor.decode(text, 2)
     try:
-        return datetime.fromisoformat(time), int(position)
+        moment, number = datetime.fromisoformat(time), int(position)
     except (ValueError, TypeError) as exc:
         raise cursor.BadCursor("cursor: not a cursor this API returned") from exc
+    if moment.tzinfo is None or not 0 <= number < 2**63:  # not one this API made
+        raise cursor.BadCursor("cursor: not a cursor this API returned")
+    return moment, number
