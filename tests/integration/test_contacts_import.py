@@ -293,3 +293,17 @@ async def test_numbers_too_long_for_an_attribute_fail_their_row_alone(
     assert (await contact_by(client, "email:fine@example.com"))["profile"]["attributes"] == {
         "n": 42
     }
+
+
+async def test_a_row_naming_an_erased_contacts_email_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post("/v1/contacts", json={"emails": ["erased@example.com"]})
+    assert (await client.post(f"/v1/contacts/{created.json()['id']}/erase")).status_code == 200
+    summary = await import_csv(
+        client, "email,first_name\nErased@example.com,Back\nnew@example.com,New\n"
+    )
+    assert counts(summary) == (2, 1, 0, 0, 1)
+    [refused] = summary["errors"]
+    assert refused["row"] == 1
+    assert refused["error"] == "row: email:erased@example.com belonged to a contact that was erased"

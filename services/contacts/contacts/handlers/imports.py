@@ -267,11 +267,15 @@ class _Batch:
     """What one transaction has decided so far: who holds each identifier, what to create."""
 
     owners: dict[str, str]
+    erased: set[str] = field(default_factory=set)  # identifiers erased contacts had
     new: dict[str, NewContact] = field(default_factory=dict)
     existing: dict[str, Contact] = field(default_factory=dict)
 
     def owner_of(self, row: Row) -> str | None:
         found = {i: self.owners[i] for i in row.identifiers if i in self.owners}
+        gone = [i for i in row.identifiers if i in self.erased and i not in found]
+        if gone:
+            raise RowError(f"row: {gone[0]} belonged to a contact that was erased")
         if len(set(found.values())) > 1:
             held = ", ".join(f"{i} by contact {c}" for i, c in found.items())
             raise RowError(f"row: its identifiers are held by different contacts ({held})")
@@ -339,7 +343,11 @@ class Importer:
     async def _apply(
         self, conn: AsyncConnection, rows: list[Row], actor: str | None
     ) -> list[RowOutcome]:
-        batch = _Batch(await records.resolve(conn, [i for r in rows for i in r.identifiers]))
+        identifiers = [i for r in rows for i in r.identifiers]
+        owners = await records.resolve(conn, identifiers)
+        unknown = [i for i in identifiers if i not in owners]
+        erased = await self._contacts.vault.erased_identifiers(conn, unknown)
+        batch = _Batch(owners, erased=set(erased))
         outcomes = []
         for row in rows:
             try:
