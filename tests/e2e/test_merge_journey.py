@@ -6,8 +6,7 @@ welcomed once before the merge, is not welcomed again."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually
-from tests.support.mailbox import Mailbox, journey_env, mailbox
+from tests.support.mailbox import Mailbox, mailing_stack
 
 pytestmark = pytest.mark.e2e
 SERVICES = ["contacts", "lifecycle", "scoring", "notifications"]
@@ -27,19 +26,14 @@ SERVICES = ["contacts", "lifecycle", "scoring", "notifications"]
 DAY0 = (datetime.now(UTC) - timedelta(days=3)).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[Mailbox]:
-    with mailbox() as box:
-        yield box
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def stack(
     broker: Broker, smtp: Mailbox, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    env = journey_env(smtp, f"m{uuid.uuid4().hex[:8]}.")
     data_dir: Path = tmp_path_factory.mktemp("merge")
-    async with Stack(SERVICES, bootstrap=broker.bootstrap, data_dir=data_dir, env=env) as stack:
+    async with mailing_stack(
+        SERVICES, bootstrap=broker.bootstrap, box=smtp, data_dir=data_dir
+    ) as stack:
         yield stack
 
 

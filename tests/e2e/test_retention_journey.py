@@ -3,8 +3,7 @@ dormant in lifecycle, and gets one wake-up email through a real SMTP server."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from crm_shared.testing.broker import Broker
 from crm_shared.testing.stack import Stack
 from tests.support.events import purchase_json
 from tests.support.kafka import eventually
-from tests.support.mailbox import Mailbox, journey_env, mailbox
+from tests.support.mailbox import Mailbox, mailing_stack
 
 pytestmark = pytest.mark.e2e
 # Ada bought 130 and 110 days ago. Her contact record is written now, so with the
@@ -24,23 +23,16 @@ pytestmark = pytest.mark.e2e
 DAY0 = (datetime.now(UTC) - timedelta(days=130)).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[Mailbox]:
-    with mailbox() as box:
-        yield box
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def stack(
     broker: Broker, smtp: Mailbox, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    env = journey_env(smtp, f"j{uuid.uuid4().hex[:8]}.")
     data_dir: Path = tmp_path_factory.mktemp("journey")
-    async with Stack(
+    async with mailing_stack(
         ["contacts", "lifecycle", "notifications"],
         bootstrap=broker.bootstrap,
+        box=smtp,
         data_dir=data_dir,
-        env=env,
     ) as stack:
         yield stack
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import email
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from crm_shared.testing.stack import Stack
 
 
 @dataclass
@@ -55,3 +59,14 @@ def journey_env(box: Mailbox, prefix: str) -> dict[str, str]:
         "CRM_DISPATCH_INTERVAL_S": "0.2",
         "CRM_SAFEGUARDS": '{"quiet_start": "00:00", "quiet_end": "00:00"}',
     }
+
+
+@asynccontextmanager
+async def mailing_stack(
+    services: list[str], *, bootstrap: str, box: Mailbox, data_dir: Path
+) -> AsyncIterator[Stack]:
+    """These services as processes, mailing through `box` (`journey_env`), on topics of
+    their own."""
+    env = journey_env(box, f"j{uuid.uuid4().hex[:8]}.")
+    async with Stack(services, bootstrap=bootstrap, data_dir=data_dir, env=env) as stack:
+        yield stack

@@ -6,7 +6,7 @@ lifecycle, scoring and notification events are published by this system's servic
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -191,6 +191,19 @@ class ConsentChanged(EventData):
     status: ConsentStatus
     source: str
     changed_at: datetime
+
+
+def made_before(at: datetime, recorded: str | None) -> bool:
+    """Whether a consent change made `at` predates the change on record (`changed_at` as
+    ISO text): it arrived late, and the later decision stands. A time without an offset
+    is taken as UTC."""
+    if recorded is None:
+        return False
+    return _as_utc(at) < _as_utc(datetime.fromisoformat(recorded))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @CATALOG.register("crm.contact.merged.v1")

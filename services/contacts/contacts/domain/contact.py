@@ -8,7 +8,7 @@ Decisions return event payloads; the caller appends them with the version it rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from contacts.domain.identity import external_id
@@ -21,6 +21,7 @@ from crm_shared.events.catalog import (
     ContactMerged,
     ContactUnmerged,
     ContactUpdated,
+    made_before,
 )
 from crm_shared.events.registry import EventData
 
@@ -170,7 +171,7 @@ def change_consent(
         )
     entry = state.consent.get(channel, {})
     current = entry.get("status")
-    if current == status or _older(at, entry.get("changed_at")):
+    if current == status or made_before(at, entry.get("changed_at")):
         return None  # nothing changes; or a change made before the one on record, late
     if status == "revoked" and current != "granted":
         raise DomainError(
@@ -373,13 +374,3 @@ def _tags_leaving(
     current = survivor.profile.get("tags", [])
     kept = [t for t in current if t not in gone]
     return {"tags": kept} if kept != current else {}
-
-
-def _older(at: datetime, recorded: str | None) -> bool:
-    """Whether a consent change made `at` predates the change on record (ISO text); a time
-    without an offset is taken as UTC."""
-    return recorded is not None and _utc(at) < _utc(datetime.fromisoformat(recorded))
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

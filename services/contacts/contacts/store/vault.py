@@ -39,6 +39,9 @@ _KEYS_OR_ERASED = union_all(
     select(erasures.c.contact_id, null().label("key")).where(erasures.c.contact_id.in_(_IDS)),
 )
 _ERASED = select(erasures.c.contact_id).where(erasures.c.contact_id.in_(_IDS))
+_ERASED_IDENTIFIERS = select(erased_identifiers.c.digest, erased_identifiers.c.contact_id).where(
+    erased_identifiers.c.digest.in_(bindparam("digests", expanding=True))
+)
 # A concurrent writer may make the same contact's key: keep whichever came first.
 _INSERT_KEYS = {
     "postgresql": postgresql.insert(contact_keys).on_conflict_do_nothing(),
@@ -148,13 +151,12 @@ class Vault:
         self, conn: AsyncConnection, identifiers: Iterable[str]
     ) -> dict[str, str]:
         """Which of these identifiers (subject form) an erased contact had -> that contact."""
-        digests = {self.digest(i): i for i in identifiers}
+        # A bare contact id is not on the list: an erased one has its row in `erasures`.
+        digests = {self.digest(i): i for i in identifiers if not i.startswith("id:")}
         if not digests:
             return {}
-        query = select(erased_identifiers.c.digest, erased_identifiers.c.contact_id).where(
-            erased_identifiers.c.digest.in_(list(digests))
-        )
-        return {digests[row.digest]: row.contact_id for row in await conn.execute(query)}
+        rows = await conn.execute(_ERASED_IDENTIFIERS, {"digests": list(digests)})
+        return {digests[row.digest]: row.contact_id for row in rows}
 
     async def destroy(
         self,

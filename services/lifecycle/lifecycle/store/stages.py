@@ -73,13 +73,16 @@ async def merged_owners(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, 
     its facts (read off the facts that named it)."""
     found: dict[str, str] = {}
     for chunk in _chunks(sorted(set(ids))):
-        query = (
-            select(facts.c.origin_id, facts.c.customer_id)
-            .where(facts.c.origin_id.in_(chunk), facts.c.customer_id != facts.c.origin_id)
-            .distinct()
-        )
-        found.update({row.origin_id: row.customer_id for row in await conn.execute(query)})
+        rows = await conn.execute(_MERGED_OWNERS, {"ids": chunk})
+        found.update({row.origin_id: row.customer_id for row in rows})
     return found
+
+
+_MERGED_OWNERS = (
+    select(facts.c.origin_id, facts.c.customer_id)
+    .where(facts.c.origin_id.in_(_IDS), facts.c.customer_id != facts.c.origin_id)
+    .distinct()
+)
 
 
 async def restore_facts(conn: AsyncConnection, origin_id: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +34,7 @@ from crm_shared.events.catalog import (
     FeedbackSubmitted,
     ScoreChanged,
     StageChanged,
+    made_before,
 )
 from crm_shared.events.causes import Causes
 from crm_shared.ids import new_id
@@ -310,7 +311,7 @@ def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent
         return []
     if isinstance(data, ConsentChanged):
         recorded = (view["consent"].get(data.channel) or {}).get("changed_at")
-        if recorded is not None and _utc(data.changed_at) < _utc(datetime.fromisoformat(recorded)):
+        if made_before(data.changed_at, recorded):
             return []  # made before the change on record (an unsubscribe click), arrived late
         view["consent"] = {
             **view["consent"],
@@ -336,11 +337,6 @@ def _observe(view: dict[str, Any], event: Event[EventData]) -> list[TriggerEvent
         return _score(view, event.id, who, at, data)
     nps = data.nps if isinstance(data, FeedbackSubmitted) else None
     return [TriggerEvent(who, event.id, "event", at, event.type, nps=nps)]
-
-
-def _utc(moment: datetime) -> datetime:
-    """A time without an offset taken as UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _profile(view: dict[str, Any], fields: dict[str, Any]) -> None:

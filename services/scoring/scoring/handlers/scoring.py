@@ -159,9 +159,10 @@ class Scoring:
         # Contacts merged before this batch whose events come now (published before the merge,
         # on another partition): their own statistics take the event, their survivor is
         # rescored, and they get no score of their own.
-        marked = await stats.merged_marks(conn, subjects - merged_into.keys())
+        known, marks = await stats.load_marked(conn, subjects | merged_into.keys())
+        marked = {i: survivor for i, survivor in marks.items() if i not in merged_into}
         survivors = set(marked.values())
-        known = await stats.load(conn, subjects | merged_into.keys() | survivors)
+        known.update(await stats.load(conn, survivors - known.keys()))
         for event in events:
             if isinstance(event.data, ContactMerged | ContactUnmerged):
                 continue

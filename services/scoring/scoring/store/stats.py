@@ -55,23 +55,29 @@ async def set_merged(conn: AsyncConnection, merged_into: dict[str, str | None]) 
             )
 
 
-async def merged_marks(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
-    """Which of these contacts are merged into another: contact -> its survivor."""
-    wanted = sorted(set(ids))
-    found: dict[str, str] = {}
-    for start in range(0, len(wanted), 1000):
-        for contact_id, survivor in await conn.execute(
-            _MARKS, {"ids": wanted[start : start + 1000]}
-        ):
-            found[contact_id] = survivor
-    return found
-
-
-_MARKS = select(customer_stats.c.customer_id, customer_stats.c.merged_into).where(
-    customer_stats.c.customer_id.in_(bindparam("ids", expanding=True)),
-    customer_stats.c.merged_into.is_not(None),
-)
 _MERGED_INTO = select(*(customer_stats.c[name] for name in FIELDS), customer_stats.c.merged_into)
+_LOAD_MARKED = _MERGED_INTO.where(
+    customer_stats.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+
+
+async def load_marked(
+    conn: AsyncConnection, ids: Iterable[str]
+) -> tuple[dict[str, CustomerStats], dict[str, str]]:
+    """These contacts' statistics, as `load`, and which of them are merged into another
+    (contact -> its survivor), in the same read."""
+    wanted = list(set(ids))
+    found: dict[str, CustomerStats] = {}
+    marks: dict[str, str] = {}
+    for start in range(0, len(wanted), 1000):
+        for *row, survivor in await conn.execute(
+            _LOAD_MARKED, {"ids": wanted[start : start + 1000]}
+        ):
+            stats = CustomerStats(*row)
+            found[stats.customer_id] = stats
+            if survivor is not None:
+                marks[stats.customer_id] = survivor
+    return found, marks
 
 
 async def combined(
