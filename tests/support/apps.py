@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +31,9 @@ SERVICES: dict[str, tuple[Callable[..., FastAPI], type[ServiceSettings]]] = {
     "notifications": (notifications_app, NotificationsSettings),
 }
 
+# How long a started runtime may take to reach the broker and create its topics.
+READY_WITHIN_S = 60.0
+
 
 def service_app(service: str, database_url: str, **settings: Any) -> FastAPI:
     """A service's app on this database, with these settings."""
@@ -54,9 +59,17 @@ async def api_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[FastAPI]:
-    """The app's runtime started (database, Kafka side, consumers) for the block."""
-    await app.state.runtime.start()
+    """The app's runtime started (database, Kafka side, consumers) for the block, from the
+    moment it is ready: its topics exist, its relay and consumers run (the start connects
+    to the broker in the background; a test that produced at once raced the topics'
+    creation, and the first reads' deadlines raced the start)."""
+    runtime = app.state.runtime
+    await runtime.start()
     try:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while (await runtime.readiness())["broker"] != "ok":
+            assert time.monotonic() < deadline, f"{runtime.name}: not ready in {READY_WITHIN_S}s"
+            await asyncio.sleep(0.05)
         yield app
     finally:
         await app.state.runtime.stop()
